@@ -1,0 +1,2 @@
+//! Container and pod attribution: cgroup content to runtime, container id and
+//! pod uid, then metadata from the runtime's own files under `$HOST_FS`.
