@@ -3,8 +3,8 @@
 //!     cargo bench -p picket-server --bench ingest
 //!
 //! 1. Ingest: many simulated sensors stream realistic process events over
-//!    gRPC/TLS on loopback into an in-process server; reports sustained
-//!    events/s from the first batch sent to the last ack, and checks that
+//!    gRPC/TLS on loopback into an in-process server. It reports sustained
+//!    events/s from the first batch sent to the last ack and checks that
 //!    every event was stored (no loss).
 //! 2. Storage: bytes on disk per stored event.
 //! 3. Queries over a large store filled directly through the store's batch
@@ -75,8 +75,8 @@ const EVENT_TYPES: [&str; 5] = [
     "FILE_CREATE",
 ];
 
-/// A process event of the size and shape the sensor produces (about 1 KiB
-/// of JSON with parent and container objects).
+/// Formats a process event of the size and shape the sensor produces
+/// (about 1 KiB of JSON with parent and container objects).
 fn process_record(event_type: &str, host: &str, time_ms: u64, n: u64, id: &str) -> String {
     let (path, command) = COMMANDS[(n % COMMANDS.len() as u64) as usize];
     let command = command.replace("{n}", &(n % 97).to_string());
@@ -229,8 +229,8 @@ fn run_ingest(sensors: u64, events: u64, batch: u64) -> IngestFigures {
     }
 }
 
-/// One simulated sensor: enrolls, opens a stream, keeps up to 8 batches in
-/// flight and waits for every ack.
+/// Runs one simulated sensor. It enrolls, opens a stream, keeps up to 8
+/// batches in flight and waits for every ack.
 async fn simulate_sensor(
     addr: std::net::SocketAddr,
     pem: Vec<u8>,
@@ -390,8 +390,9 @@ fn run_queries(fill: u64) {
                 let events: Vec<EventRow> = (0..chunk)
                     .map(|_| {
                         n += 1;
-                        // Spread events evenly over one day, interleaved across sensors.
-                        let time = day_start + (n * 7919) % span_ms;
+                        // Event times rise through one day as they do on a live
+                        // fleet, with sensors taking turns in chunks.
+                        let time = day_start + n * span_ms / fill;
                         let event_type = EVENT_TYPES[(n % EVENT_TYPES.len() as u64) as usize];
                         let id = uuid::Uuid::new_v4().to_string();
                         let record = process_record(event_type, &sensor.hostname, time, n, &id);

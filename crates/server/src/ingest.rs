@@ -61,7 +61,7 @@ struct LiveStream {
     tasks: Arc<Notify>,
 }
 
-/// Another live stream holds the SID with a different instance id.
+/// Another live stream uses the SID with a different instance id.
 struct CloneOf {
     instance_id: String,
     ext_ip: String,
