@@ -256,6 +256,17 @@ fn choose(
         ));
     }
 
+    if let Some((v2_line, _, _)) = analysed
+        .iter()
+        .find(|(l, _, a)| matches!(l.hierarchy, Some(("0", _))) && a.found.is_empty())
+    {
+        notes.push(format!(
+            "the v2 line `{}` names no container, so the v1 lines decide (hybrid host with \
+             the cgroupfs driver)",
+            v2_line.label()
+        ));
+    }
+
     // Among the lines naming the winner, the deepest nesting keeps the most
     // context (outer container, pod).
     let (line, resolved, analysis) = analysed
@@ -399,6 +410,17 @@ fn analyse_path(path: &str) -> PathAnalysis {
 
         if let Some(note) = trap_note(segment, parent) {
             analysis.notes.push(note);
+            continue;
+        }
+
+        if segment.starts_with("machine-")
+            && segment.ends_with(".scope")
+            && segments.get(index + 1) != Some(&"payload")
+        {
+            analysis.notes.push(format!(
+                "`{segment}` has no `payload` child, so it is taken as a virtual machine or \
+                 the host side of a machine, not a container"
+            ));
             continue;
         }
 
