@@ -37,7 +37,8 @@ const CONTAINERD_TASK_ROOTS: [&str; 4] = [
     "run/containerd/io.containerd.runtime.v2.task",
     "run/k3s/containerd/io.containerd.runtime.v2.task",
     "run/containerd/io.containerd.runtime.v1.linux",
-    // Docker in Docker runs its own containerd with this state directory.
+    // A dockerd that starts its own containerd (no system containerd
+    // service, also Docker in Docker) keeps the bundles here.
     "run/docker/containerd/daemon/io.containerd.runtime.v2.task",
 ];
 const CRIO_CONTAINER_ROOTS: [&str; 2] = [
