@@ -19,15 +19,15 @@
 //!   names the container. Lines therefore vote: the id carried by the most lines
 //!   wins.
 //! - Paths are relative to the reader's cgroup namespace root. A reader in a
-//!   private namespace sees `/../<sibling>` for other containers and `/` for its
-//!   own cgroup. Such paths are resolved against a caller-supplied prefix (the
+//!   private namespace reads `/../<sibling>` for other containers and `/` for
+//!   its own cgroup. Such paths are resolved against a caller-supplied prefix (the
 //!   reader's own cgroup as the host sees it); without one, the leading `..`
 //!   segments are dropped and the result says that the path was not resolved.
 
 use super::Runtime;
 
-/// What a cgroup path or a `/proc/<pid>/cgroup` content says about the
-/// container that holds the process.
+/// Container, runtime and pod derived from a cgroup path or from
+/// `/proc/<pid>/cgroup` content.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CgroupAttribution {
     /// Innermost container id, or `None` for a host process.
@@ -95,7 +95,7 @@ impl CgroupLine<'_> {
 /// Parses `/proc/<pid>/cgroup` content (cgroup v1, v2 or hybrid) or a bare
 /// cgroup path.
 ///
-/// `host_prefix` is the reader's own cgroup as the host sees it (for example
+/// `host_prefix` is the host path of the reader's own cgroup (for example
 /// `/system.slice/docker-<id>.scope`). Pass it when the reader runs in a
 /// private cgroup namespace: every path is then taken as relative to it, so
 /// `/../docker-<id>.scope` and `/` both resolve. Pass `None` when the reader
@@ -109,13 +109,26 @@ pub fn parse_cgroup(text: &str, host_prefix: Option<&str>) -> CgroupAttribution 
         };
     }
 
-    let analysed: Vec<(CgroupLine<'_>, Resolved, PathAnalysis)> = lines
+    // v1 hierarchies usually repeat one path, so each distinct path is
+    // analysed once.
+    let mut distinct: Vec<(&str, Resolved, PathAnalysis)> = Vec::new();
+    let mut line_to_path = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let index = match distinct.iter().position(|(path, _, _)| *path == line.path) {
+            Some(index) => index,
+            None => {
+                let resolved = resolve_relative(line.path, host_prefix);
+                let analysis = analyse_path(&resolved.path);
+                distinct.push((line.path, resolved, analysis));
+                distinct.len() - 1
+            }
+        };
+        line_to_path.push(index);
+    }
+    let analysed: Vec<Analysed<'_, '_>> = lines
         .into_iter()
-        .map(|line| {
-            let resolved = resolve_relative(line.path, host_prefix);
-            let analysis = analyse_path(&resolved.path);
-            (line, resolved, analysis)
-        })
+        .zip(line_to_path)
+        .map(|(line, index)| (line, &distinct[index].1, &distinct[index].2))
         .collect();
 
     choose(&analysed, host_prefix)
@@ -154,6 +167,9 @@ fn split_line(line: &str) -> CgroupLine<'_> {
         path,
     }
 }
+
+/// One line with the analysis of its path.
+type Analysed<'t, 'a> = (CgroupLine<'t>, &'a Resolved, &'a PathAnalysis);
 
 /// A path after the private-namespace prefix was applied.
 #[derive(Debug, Clone)]
@@ -209,19 +225,17 @@ fn normalise_dropping_climbs(path: &str) -> String {
     )
 }
 
-/// Picks the decisive line: the innermost id carried by the most lines wins;
-/// among lines carrying it, the one with the most nesting supplies the outer
-/// id. A line in order of the preference list breaks a tie between ids.
-fn choose(
-    analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)],
-    host_prefix: Option<&str>,
-) -> CgroupAttribution {
+/// Picks the decisive line. The innermost id carried by the most lines wins,
+/// and a tie goes to the id whose first line ranks best in [`line_rank`].
+/// Among the lines carrying the winner, the most nested one supplies the
+/// outer id.
+fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAttribution {
     let mut notes: Vec<String> = Vec::new();
     for (line, _, analysis) in analysed {
+        // The same note from several lines is reported once, with the first.
         for note in &analysis.notes {
-            let note = format!("{note} (line `{}`)", line.label());
-            if !notes.contains(&note) {
-                notes.push(note);
+            if !notes.iter().any(|n| n.starts_with(note.as_str())) {
+                notes.push(format!("{note} (line `{}`)", line.label()));
             }
         }
     }
@@ -306,7 +320,7 @@ fn choose(
 
 /// Lower rank = preferred line when two ids tie: the v2 line, then
 /// controllers every runtime sets up.
-fn line_rank(analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)], index: usize) -> usize {
+fn line_rank(analysed: &[Analysed<'_, '_>], index: usize) -> usize {
     const PREFERRED: [&str; 4] = ["", "pids", "memory", "name=systemd"];
     let Some((_, controllers)) = analysed[index].0.hierarchy else {
         return 0;
@@ -319,7 +333,7 @@ fn line_rank(analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)], index: usize
 }
 
 fn no_container(
-    analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)],
+    analysed: &[Analysed<'_, '_>],
     pod_uid: Option<String>,
     mut notes: Vec<String>,
     prefixed: bool,
@@ -616,7 +630,8 @@ fn classify(segments: &[&str], index: usize, parent_is_pod: bool) -> Option<Foun
     None
 }
 
-/// A 64-hex segment is a container only in these places.
+/// Decides whether a 64-hex segment is a container, which it is only in
+/// these places.
 fn classify_bare_hex(
     segments: &[&str],
     index: usize,
@@ -693,7 +708,7 @@ fn pod_uid_from_slice(segment: &str) -> Option<String> {
     valid_pod_uid(&uid.replace('_', "-"))
 }
 
-/// A UUID with dashes, or the 32-hex config hash of a static pod.
+/// Accepts a UUID with dashes, or the 32-hex config hash of a static pod.
 fn valid_pod_uid(uid: &str) -> Option<String> {
     (is_uuid(uid) || (uid.len() == 32 && is_hex(uid))).then(|| uid.to_string())
 }

@@ -1,5 +1,5 @@
-//! The sensor's own cgroup as the host sees it, for a sensor in a private
-//! cgroup namespace.
+//! Host path of the sensor's own cgroup, for a sensor in a private cgroup
+//! namespace.
 //!
 //! Docker gives every container a private cgroup namespace by default on
 //! cgroup v2 hosts, `--privileged` included. `/proc/<pid>/cgroup` then reads
@@ -41,7 +41,7 @@ pub enum HostCgroupError {
 ///
 /// NOTE: only the v2 (`0::`) hierarchy is searched. On a cgroup v1 host with
 /// a private cgroup namespace, v1 paths stay unresolved and the attribution
-/// says so.
+/// flags them with `unresolved_relative`.
 pub fn find_host_cgroup_prefix(host_fs: &Path) -> Result<Option<String>, HostCgroupError> {
     let own_namespace = read_link(Path::new("/proc/self/ns/cgroup"))?;
     let host_namespace = read_link(&host_fs.join("proc/1/ns/cgroup"))?;
@@ -54,7 +54,7 @@ pub fn find_host_cgroup_prefix(host_fs: &Path) -> Result<Option<String>, HostCgr
     find_pid_cgroup(&root, pid).map(Some)
 }
 
-/// The caller's pid in the PID namespace of `$HOST_FS/proc`.
+/// Reads the caller's pid in the PID namespace of `$HOST_FS/proc`.
 fn host_pid(host_fs: &Path) -> Result<u32, HostCgroupError> {
     let link = host_fs.join("proc/self");
     let target = read_link(&link)?;

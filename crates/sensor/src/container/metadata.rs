@@ -18,8 +18,8 @@
 //!   symlinks to `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log`.
 //!
 //! NOTE: rootless Docker and rootless podman keep their metadata in the user's
-//! home directory, which is not searched; such containers get the id and the
-//! runtime named by the cgroup path only.
+//! home directory, which is not searched. Such containers get only the id and
+//! the runtime named by the cgroup path.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -379,8 +379,8 @@ fn string_in(map: &Map<String, Value>, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// An id or namespace is joined into a host path only when it cannot climb
-/// out of its directory.
+/// Checks that an id or namespace cannot climb out of its directory once
+/// joined into a host path.
 fn is_safe_id(id: &str) -> bool {
     super::cgroup::is_containerd_id(id)
 }
@@ -634,7 +634,7 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_log_link_target_for_other_pod_gives_no_uid() {
+    fn log_target_of_other_pod_has_no_uid() {
         let target = Path::new("/var/log/pods/shop_web-1_1234/nginx/0.log");
         assert_eq!(pod_uid_from_log_target(target, "web-0", "shop"), None);
     }

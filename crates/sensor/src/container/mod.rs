@@ -66,7 +66,7 @@ impl std::fmt::Display for Runtime {
     }
 }
 
-/// What the sensor reports about the container of a process.
+/// Container of a process, as the sensor reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerInfo {
     /// Full container id (64 hex for Docker, containerd and CRI-O; a name for

@@ -1,8 +1,8 @@
 //! Cgroup content to [`ContainerInfo`], with a per-container cache.
 //!
 //! A lookup that found no metadata, or found a pod cgroup without the pod's
-//! name, is kept only until its retry time: runtimes write their files while
-//! the container starts and the kubelet links its log after that, so an early
+//! name, is kept only until its retry time. Runtimes write their files while
+//! the container starts, and the kubelet links its log after that, so an early
 //! miss is often filled a second later. Retries back off exponentially from
 //! [`ResolverConfig::retry_initial`] to [`ResolverConfig::retry_max`] and go on
 //! for as long as the entry stays in the cache.
@@ -19,12 +19,12 @@ use super::{ContainerInfo, Runtime};
 /// Settings of a [`ContainerResolver`].
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    /// The sensor's own cgroup as the host sees it, when the sensor runs in a
+    /// Host path of the sensor's own cgroup, when the sensor runs in a
     /// private cgroup namespace (see [`parse_cgroup`]). Default: `None`.
     pub cgroup_prefix: Option<String>,
     /// Wait before the first retry of an incomplete lookup. Default: 1 s.
     pub retry_initial: Duration,
-    /// Longest wait between retries. Default: 60 s.
+    /// Maximum wait between retries. Default: 60 s.
     pub retry_max: Duration,
     /// Containers kept in the cache; the least recently used are evicted past
     /// it. Default: 4096.
@@ -385,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_without_name_is_partial_until_log_link_appears() {
+    fn pod_partial_until_log_link() {
         let host = tempfile::tempdir().unwrap();
         let resolver = ContainerResolver::with_config(host.path(), quick_retry());
         let cgroup = format!("/kubepods/besteffort/pod{UID}/{ID}");
