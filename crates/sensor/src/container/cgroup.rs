@@ -95,11 +95,12 @@ impl CgroupLine<'_> {
 /// Parses `/proc/<pid>/cgroup` content (cgroup v1, v2 or hybrid) or a bare
 /// cgroup path.
 ///
-/// `host_prefix` is the host path of the reader's own cgroup (for example
-/// `/system.slice/docker-<id>.scope`). Pass it when the reader runs in a
-/// private cgroup namespace: every path is then taken as relative to it, so
-/// `/../docker-<id>.scope` and `/` both resolve. Pass `None` when the reader
-/// is in the host cgroup namespace.
+/// `host_prefix` is the host path of the root of the reader's cgroup
+/// namespace, which for a container with a private namespace is its own
+/// cgroup (for example `/system.slice/docker-<id>.scope`). Every path is then
+/// taken as relative to it, so `/../docker-<id>.scope` and `/` both resolve.
+/// Pass `None` when the reader is in the host cgroup namespace, and see
+/// [`find_host_cgroup_prefix`](super::find_host_cgroup_prefix).
 pub fn parse_cgroup(text: &str, host_prefix: Option<&str>) -> CgroupAttribution {
     let lines = split_lines(text);
     if lines.is_empty() {
@@ -275,8 +276,8 @@ fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAtt
         .find(|(l, _, a)| matches!(l.hierarchy, Some(("0", _))) && a.found.is_empty())
     {
         notes.push(format!(
-            "the v2 line `{}` names no container, so the v1 lines decide (hybrid host with \
-             the cgroupfs driver)",
+            "the v2 line `{}` names no container, so the v1 lines decide, as on hybrid hosts with \
+             the cgroupfs driver",
             v2_line.label()
         ));
     }

@@ -19,8 +19,9 @@ use super::{ContainerInfo, Runtime};
 /// Settings of a [`ContainerResolver`].
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    /// Host path of the sensor's own cgroup, when the sensor runs in a
-    /// private cgroup namespace (see [`parse_cgroup`]). Default: `None`.
+    /// Host path of the root of the sensor's cgroup namespace when it is a
+    /// private one, as [`find_host_cgroup_prefix`](super::find_host_cgroup_prefix)
+    /// returns it. Default: `None`.
     pub cgroup_prefix: Option<String>,
     /// Wait before the first retry of an incomplete lookup. Default: 1 s.
     pub retry_initial: Duration,
@@ -130,7 +131,14 @@ impl ContainerResolver {
             None if !complete => 1,
             _ => 0,
         };
-        if !complete {
+        if complete {
+            tracing::debug!(
+                container_id = id,
+                name = info.name.as_deref(),
+                runtime = info.runtime.map(Runtime::as_str),
+                "container resolved"
+            );
+        } else {
             tracing::debug!(
                 container_id = id,
                 failures,
