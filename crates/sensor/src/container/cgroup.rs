@@ -666,6 +666,18 @@ fn classify_bare_hex(
     }
 }
 
+/// Uid of the systemd user manager (`user@<uid>.service`) whose tree holds
+/// `path`, where rootless runtimes put their containers.
+pub(crate) fn user_manager_uid(path: &str) -> Option<u32> {
+    path.split('/').find_map(|segment| {
+        segment
+            .strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
+    })
+}
+
 /// `<slice>:<prefix>:<id>` as one segment.
 fn colon_form(segment: &str) -> Option<(&str, Option<Found>)> {
     let mut parts = segment.splitn(3, ':');

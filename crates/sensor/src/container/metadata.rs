@@ -17,9 +17,13 @@
 //! - The kubelet: `var/log/containers/<pod>_<namespace>_<container>-<id>.log`
 //!   symlinks to `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log`.
 //!
-//! NOTE: rootless Docker and rootless podman keep their metadata in the user's
-//! home directory, which is not searched. Such containers get only the id and
-//! the runtime named by the cgroup path.
+//! - Rootless Docker: `<home>/.local/share/docker/containers/<id>/config.v2.json`,
+//!   with the home directory of the uid whose `user@<uid>.service` holds the
+//!   container, from `$HOST_FS/etc/passwd`.
+//!
+//! NOTE: rootless Docker with `XDG_DATA_HOME` or `--data-root` moved, and
+//! rootless podman, are not searched. Such containers get only the id and the
+//! runtime named by the cgroup path.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -124,10 +128,46 @@ pub(crate) fn read_runtime_metadata(
 
 /// Docker `config.v2.json`.
 pub(crate) fn read_docker(host_fs: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
-    let path = host_fs
-        .join(DOCKER_CONTAINERS)
-        .join(id)
-        .join("config.v2.json");
+    read_docker_in(&host_fs.join(DOCKER_CONTAINERS), id)
+}
+
+/// Rootless Docker `config.v2.json` in the home directory of `uid`.
+pub(crate) fn read_rootless_docker(
+    host_fs: &Path,
+    uid: u32,
+    id: &str,
+) -> Result<Option<Metadata>, MetadataError> {
+    if !is_safe_id(id) {
+        return Ok(None);
+    }
+    let Some(home) = home_directory(host_fs, uid)? else {
+        return Ok(None);
+    };
+    let containers = host_fs
+        .join(home.trim_start_matches('/'))
+        .join(".local/share/docker/containers");
+    read_docker_in(&containers, id)
+}
+
+/// Home directory of `uid` from `$HOST_FS/etc/passwd`.
+fn home_directory(host_fs: &Path, uid: u32) -> Result<Option<String>, MetadataError> {
+    let path = host_fs.join("etc/passwd");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(MetadataError::Read { path, source }),
+    };
+    let uid = uid.to_string();
+    let home = text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2] == uid).then(|| fields[5].to_string())
+    });
+    // A home outside `/` or with `..` could point anywhere under HOST_FS.
+    Ok(home.filter(|h| h.starts_with('/') && !h.split('/').any(|s| s == "..")))
+}
+
+fn read_docker_in(containers: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
+    let path = containers.join(id).join("config.v2.json");
     let Some(config) = read_json(&path)? else {
         return Ok(None);
     };
@@ -423,6 +463,42 @@ mod tests {
         assert_eq!(found.image.as_deref(), Some("nginx:1.27"));
         assert_eq!(found.pod_name, None);
         assert_eq!(found.k8s_container_name, None);
+    }
+
+    #[test]
+    fn rootless_docker_in_user_home() {
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nana:x:1000:1000:Ana:/home/ana:/bin/sh\n",
+        );
+        let config = serde_json::json!({"Name": "/dev", "Config": {"Image": "alpine:3"}});
+        write(
+            host.path(),
+            &format!("home/ana/.local/share/docker/containers/{ID}/config.v2.json"),
+            &config.to_string(),
+        );
+
+        let found = read_rootless_docker(host.path(), 1000, ID)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.runtime, Some(Runtime::Docker));
+        assert_eq!(found.name.as_deref(), Some("dev"));
+        assert_eq!(found.image.as_deref(), Some("alpine:3"));
+        assert_eq!(read_rootless_docker(host.path(), 1001, ID).unwrap(), None);
+        assert_eq!(read_runtime_metadata(host.path(), ID, None).unwrap(), None);
+    }
+
+    #[test]
+    fn home_with_parent_segment_is_ignored() {
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            "etc/passwd",
+            "eve:x:1000:1000::/home/../var:/bin/sh\n",
+        );
+        assert_eq!(home_directory(host.path(), 1000).unwrap(), None);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{parse_cgroup, CgroupAttribution};
-use super::metadata::{read_kubelet_log_link, read_runtime_metadata, Metadata};
+use super::cgroup::{parse_cgroup, user_manager_uid, CgroupAttribution};
+use super::metadata::{
+    read_kubelet_log_link, read_rootless_docker, read_runtime_metadata, Metadata, MetadataError,
+};
 use super::{ContainerInfo, Runtime};
 
 /// Settings of a [`ContainerResolver`].
@@ -181,11 +183,7 @@ impl ContainerResolver {
         let mut runtime_found = path_only;
         let mut runtime_from_metadata = false;
         if !path_only {
-            match read_runtime_metadata(
-                &self.host_fs,
-                &id,
-                attribution.containerd_namespace.as_deref(),
-            ) {
+            match self.read_metadata(attribution, &id) {
                 Ok(Some(metadata)) => {
                     runtime_found = true;
                     runtime_from_metadata = metadata.runtime.is_some();
@@ -246,6 +244,33 @@ impl ContainerResolver {
             info,
             complete,
             runtime_from_metadata,
+        }
+    }
+
+    /// Reads the runtime files of the system runtimes, then those of a
+    /// rootless Docker when the cgroup is below a user manager.
+    fn read_metadata(
+        &self,
+        attribution: &CgroupAttribution,
+        id: &str,
+    ) -> Result<Option<Metadata>, MetadataError> {
+        let system = read_runtime_metadata(
+            &self.host_fs,
+            id,
+            attribution.containerd_namespace.as_deref(),
+        )?;
+        if system.is_some() {
+            return Ok(system);
+        }
+        let uid = attribution
+            .cgroup_path
+            .as_deref()
+            .and_then(user_manager_uid);
+        match uid {
+            Some(uid) if attribution.runtime_hint == Some(Runtime::Docker) => {
+                read_rootless_docker(&self.host_fs, uid, id)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -462,6 +487,36 @@ mod tests {
                 resolver.cached_len()
             );
         }
+    }
+
+    #[test]
+    fn rootless_docker_resolves_from_user_home() {
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir_all(host.path().join("etc")).unwrap();
+        fs::write(
+            host.path().join("etc/passwd"),
+            "ana:x:1000:1000::/home/ana:/bin/sh\n",
+        )
+        .unwrap();
+        let dir = host
+            .path()
+            .join("home/ana/.local/share/docker/containers")
+            .join(ID);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("config.v2.json"),
+            r#"{"Name":"/dev","Config":{"Image":"alpine:3"}}"#,
+        )
+        .unwrap();
+
+        let resolver = ContainerResolver::new(host.path());
+        let cgroup = format!(
+            "0::/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope"
+        );
+        let info = resolver.resolve(&cgroup).unwrap();
+        assert_eq!(info.name.as_deref(), Some("dev"));
+        assert_eq!(info.image.as_deref(), Some("alpine:3"));
+        assert_eq!(info.runtime, Some(Runtime::Docker));
     }
 
     #[test]
