@@ -20,9 +20,9 @@
 //!   wins.
 //! - Paths are relative to the reader's cgroup namespace root. A reader in a
 //!   private namespace reads `/../<sibling>` for other containers and `/` for
-//!   its own cgroup. Such paths are resolved against a caller-supplied prefix (the
-//!   reader's own cgroup as the host sees it); without one, the leading `..`
-//!   segments are dropped and the result says that the path was not resolved.
+//!   its own cgroup. Such paths are resolved against a caller-supplied prefix,
+//!   the host path of the namespace root. Without one, the leading `..`
+//!   segments are dropped and the result flags the path as unresolved.
 
 use super::Runtime;
 
@@ -666,7 +666,7 @@ fn classify_bare_hex(
     }
 }
 
-/// Uid of the systemd user manager (`user@<uid>.service`) whose tree holds
+/// Uid of the systemd user manager (`user@<uid>.service`) whose tree contains
 /// `path`, where rootless runtimes put their containers.
 pub(crate) fn user_manager_uid(path: &str) -> Option<u32> {
     path.split('/').find_map(|segment| {

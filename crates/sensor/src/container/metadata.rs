@@ -18,7 +18,7 @@
 //!   symlinks to `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log`.
 //!
 //! - Rootless Docker: `<home>/.local/share/docker/containers/<id>/config.v2.json`,
-//!   with the home directory of the uid whose `user@<uid>.service` holds the
+//!   with the home directory of the uid whose `user@<uid>.service` contains the
 //!   container, from `$HOST_FS/etc/passwd`.
 //!
 //! NOTE: rootless Docker with `XDG_DATA_HOME` or `--data-root` moved, and
