@@ -295,3 +295,48 @@ fn private_cgroupns_view_resolves_with_prefix() {
         Some(reader.id.as_str())
     );
 }
+
+#[test]
+fn docker_bundle_alone_names_runtime() {
+    if !docker_ready() {
+        return;
+    }
+    let container = TestContainer::start(&unique_name("bundle"), &[]);
+    let cgroup = container.cgroup_text();
+
+    // A HOST_FS that shows only the host's /run: Docker's config.v2.json is
+    // out of sight, so the runtime must come from the containerd bundle
+    // dockerd keeps in the `moby` namespace.
+    let host = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/run", host.path().join("run")).unwrap();
+    let bundle_visible = [
+        "run/containerd/io.containerd.runtime.v2.task/moby",
+        "run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby",
+    ]
+    .iter()
+    .any(|dir| {
+        host.path()
+            .join(dir)
+            .join(&container.id)
+            .join("config.json")
+            .exists()
+    });
+    assert!(
+        bundle_visible,
+        "no containerd bundle for {} under /run",
+        container.id
+    );
+
+    let resolver = ContainerResolver::new(host.path());
+    let info = resolver.resolve(&cgroup).expect("container attributed");
+    assert_eq!(info.id, container.id);
+    assert_eq!(info.runtime.map(|r| r.as_str()), Some("docker"));
+    assert_eq!(info.name, None, "the bundle carries no Docker name");
+    assert!(
+        info.metadata_files
+            .iter()
+            .any(|p| p.ends_with(format!("moby/{}/config.json", container.id))),
+        "metadata not read from the bundle: {:?}",
+        info.metadata_files
+    );
+}
