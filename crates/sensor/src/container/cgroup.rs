@@ -290,7 +290,9 @@ fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAtt
         .max_by_key(|(_, _, a)| (a.found.len(), a.pod_uid.is_some()))
         .expect("the winner was taken from these lines");
     let inner = analysis.found.last().expect("line carries the winner");
-    let outer = (analysis.found.len() > 1).then(|| analysis.found[0].id.clone());
+    let outer = Some(&analysis.found[0].id)
+        .filter(|outer| **outer != winner)
+        .cloned();
     let pod_uid = analysed
         .iter()
         .filter(|(_, _, a)| a.found.last().is_some_and(|f| f.id == winner))
@@ -911,10 +913,86 @@ mod tests {
     }
 
     #[test]
+    fn repeated_id_is_not_its_own_outer() {
+        let result = parse_cgroup(&format!("/docker/{ID_A}/docker/{ID_A}"), None);
+        assert_eq!(result.container_id.as_deref(), Some(ID_A));
+        assert_eq!(result.outer_container_id, None);
+    }
+
+    #[test]
     fn empty_text_is_no_container() {
         let result = parse_cgroup("\n\n", None);
         assert_eq!(result.container_id, None);
         assert_eq!(result.reason, "empty cgroup content");
+    }
+
+    #[test]
+    fn random_token_paths_keep_invariants() {
+        const TOKENS: [&str; 24] = [
+            "/",
+            "..",
+            "docker",
+            "docker-",
+            ".scope",
+            ":",
+            "\n",
+            "0::",
+            "4:memory:",
+            "pod",
+            "kubepods",
+            "kubepods-besteffort-pod",
+            "_",
+            "-",
+            ".slice",
+            "lxc.payload.",
+            "\\x2d",
+            "\\x",
+            "é",
+            "machine-",
+            "payload",
+            "crio-conmon-",
+            "garden",
+            ID_A,
+        ];
+        // A fixed linear congruential sequence keeps failures reproducible.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = (state >> 59) as usize + 1;
+            for _ in 0..length {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(TOKENS[(state >> 33) as usize % TOKENS.len()]);
+            }
+
+            let result = parse_cgroup(&text, None);
+            if let Some(id) = &result.container_id {
+                assert!(!id.is_empty(), "empty id from {text:?}");
+                assert_ne!(
+                    result.outer_container_id.as_ref(),
+                    Some(id),
+                    "outer equals inner for {text:?}"
+                );
+            } else {
+                assert_eq!(
+                    result.runtime_hint, None,
+                    "runtime without container for {text:?}"
+                );
+                assert_eq!(
+                    result.outer_container_id, None,
+                    "outer without inner for {text:?}"
+                );
+            }
+            let prefixed = parse_cgroup(&text, Some("/system.slice/x.scope"));
+            assert!(
+                !prefixed.unresolved_relative,
+                "unresolved with a prefix: {text:?}"
+            );
+        }
     }
 
     #[test]
