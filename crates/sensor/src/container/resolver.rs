@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::cgroup::{parse_cgroup, user_manager_uid, CgroupAttribution};
 use super::metadata::{
-    read_kubelet_log_link, read_rootless_docker, read_runtime_metadata, Metadata, MetadataError,
+    read_kubelet_log_link, read_rootless_docker, read_rootless_podman, read_runtime_metadata,
+    Metadata, MetadataError,
 };
 use super::{ContainerInfo, Runtime};
 
@@ -248,7 +249,7 @@ impl ContainerResolver {
     }
 
     /// Reads the runtime files of the system runtimes, then those of a
-    /// rootless Docker when the cgroup is below a user manager.
+    /// rootless Docker or podman when the cgroup is below a user manager.
     fn read_metadata(
         &self,
         attribution: &CgroupAttribution,
@@ -266,10 +267,9 @@ impl ContainerResolver {
             .cgroup_path
             .as_deref()
             .and_then(user_manager_uid);
-        match uid {
-            Some(uid) if attribution.runtime_hint == Some(Runtime::Docker) => {
-                read_rootless_docker(&self.host_fs, uid, id)
-            }
+        match (uid, attribution.runtime_hint) {
+            (Some(uid), Some(Runtime::Docker)) => read_rootless_docker(&self.host_fs, uid, id),
+            (Some(uid), Some(Runtime::Podman)) => read_rootless_podman(&self.host_fs, uid, id),
             _ => Ok(None),
         }
     }
