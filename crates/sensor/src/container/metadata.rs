@@ -583,16 +583,18 @@ mod tests {
 
     #[test]
     fn podman_name_from_storage_index() {
+        // Shapes as podman 4.3 writes them for a root container.
         let host = tempfile::tempdir().unwrap();
         write(
             host.path(),
-            &format!("run/containers/storage/overlay-containers/{ID}/userdata/config.json"),
-            r#"{"annotations":{"io.container.manager":"libpod"}}"#,
+            &format!("var/lib/containers/storage/overlay-containers/{ID}/userdata/config.json"),
+            r#"{"annotations":{"io.container.manager":"libpod","io.kubernetes.cri-o.TTY":"false","io.podman.annotations.init":"FALSE"}}"#,
         );
         let runtime_metadata = serde_json::json!({
             "image-name": "docker.io/library/alpine:3.20",
             "image-id": "1234",
             "name": "db",
+            "created-at": 1796417677,
         });
         let index = serde_json::json!([
             {"id": "other", "names": ["x"], "metadata": "{}"},
