@@ -211,7 +211,10 @@ impl ContainerResolver {
         }
 
         // A container nested in a pod's container (Docker in Docker) is
-        // unknown to the node's runtime; the pod is the outer container's.
+        // unknown to the node's runtime, and the pod is the outer container's.
+        // NOTE: metadata inside the outer container's filesystem (the
+        // containerd of a kind node) is not searched, so such inner
+        // containers keep only what the path gives and are retried.
         if let Some(outer) = attribution.outer_container_id.as_deref() {
             if found.pod_name.is_none() {
                 if let Ok(Some(outer_metadata)) = read_runtime_metadata(&self.host_fs, outer, None)
