@@ -48,7 +48,7 @@ pub enum HostCgroupError {
 /// Hierarchies searched, v2 first: `sys/fs/cgroup` on a v2 host,
 /// `sys/fs/cgroup/unified` on a hybrid one, then v1 hierarchies that every
 /// runtime places containers in.
-const HIERARCHIES: [(&str, &str); 5] = [
+pub(crate) const HIERARCHIES: [(&str, &str); 5] = [
     ("sys/fs/cgroup", ""),
     ("sys/fs/cgroup/unified", ""),
     ("sys/fs/cgroup/pids", "pids"),

@@ -20,6 +20,7 @@ pub mod cgroup;
 mod explain;
 mod host_cgroup;
 mod metadata;
+mod nested;
 mod resolver;
 
 use std::path::PathBuf;

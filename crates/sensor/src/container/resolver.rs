@@ -17,6 +17,7 @@ use super::metadata::{
     read_kubelet_log_link, read_rootless_docker, read_rootless_podman, read_runtime_metadata,
     Metadata, MetadataError,
 };
+use super::nested::outer_container_root;
 use super::{ContainerInfo, Runtime};
 
 /// Settings of a [`ContainerResolver`].
@@ -104,7 +105,7 @@ impl ContainerResolver {
         self.resolve_attribution(&attribution)
     }
 
-    /// Same as [`ContainerResolver::resolve`] for an already parsed cgroup.
+    /// Resolves an already parsed cgroup, like [`ContainerResolver::resolve`].
     pub fn resolve_attribution(
         &self,
         attribution: &CgroupAttribution,
@@ -183,8 +184,24 @@ impl ContainerResolver {
         );
         let mut runtime_found = path_only;
         let mut runtime_from_metadata = false;
+        let mut nested_root = None;
         if !path_only {
-            match self.read_metadata(attribution, &id) {
+            let mut read = self.read_metadata(attribution, &id);
+            if let (Ok(None), Some(outer), Some(path)) = (
+                &read,
+                attribution.outer_container_id.as_deref(),
+                attribution.cgroup_path.as_deref(),
+            ) {
+                nested_root = outer_container_root(&self.host_fs, path, outer);
+                if let Some(root) = &nested_root {
+                    read = read_runtime_metadata(
+                        root,
+                        &id,
+                        attribution.containerd_namespace.as_deref(),
+                    );
+                }
+            }
+            match read {
                 Ok(Some(metadata)) => {
                     runtime_found = true;
                     runtime_from_metadata = metadata.runtime.is_some();
@@ -200,8 +217,12 @@ impl ContainerResolver {
         }
 
         let in_pod = found.pod_uid.is_some() || found.pod_name.is_some();
-        if in_pod && found.pod_name.is_none() {
-            match read_kubelet_log_link(&self.host_fs, &id) {
+        let log_roots = std::iter::once(self.host_fs.as_path()).chain(nested_root.as_deref());
+        for root in log_roots {
+            if !in_pod || found.pod_name.is_some() {
+                break;
+            }
+            match read_kubelet_log_link(root, &id) {
                 Ok(Some(link)) => found.fill_from(link),
                 Ok(None) => {}
                 Err(error) => {
@@ -210,11 +231,8 @@ impl ContainerResolver {
             }
         }
 
-        // A container nested in a pod's container (Docker in Docker) is
-        // unknown to the node's runtime, and the pod is the outer container's.
-        // NOTE: metadata inside the outer container's filesystem (the
-        // containerd of a kind node) is not searched, so such inner
-        // containers keep only what the path gives and are retried.
+        // A container nested in a pod's container (Docker in Docker) has its
+        // pod on the outer container.
         if let Some(outer) = attribution.outer_container_id.as_deref() {
             if found.pod_name.is_none() {
                 if let Ok(Some(outer_metadata)) = read_runtime_metadata(&self.host_fs, outer, None)
@@ -520,6 +538,49 @@ mod tests {
         assert_eq!(info.name.as_deref(), Some("dev"));
         assert_eq!(info.image.as_deref(), Some("alpine:3"));
         assert_eq!(info.runtime, Some(Runtime::Docker));
+    }
+
+    #[test]
+    fn kind_node_container_read_from_node_root() {
+        let host = tempfile::tempdir().unwrap();
+        let outer = "c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57";
+        let node = host
+            .path()
+            .join(format!("sys/fs/cgroup/system.slice/docker-{outer}.scope"));
+        fs::create_dir_all(node.join("system.slice/containerd.service")).unwrap();
+        fs::write(
+            node.join("system.slice/containerd.service/cgroup.procs"),
+            "4242\n",
+        )
+        .unwrap();
+        let bundle = host
+            .path()
+            .join("proc/4242/root/run/containerd/io.containerd.runtime.v2.task/k8s.io")
+            .join(ID);
+        fs::create_dir_all(&bundle).unwrap();
+        let annotations = serde_json::json!({"annotations": {
+            "io.kubernetes.cri.container-name": "coredns",
+            "io.kubernetes.cri.image-name": "registry.k8s.io/coredns/coredns:v1.11.1",
+            "io.kubernetes.cri.sandbox-name": "coredns-5d78c9869d-x2",
+            "io.kubernetes.cri.sandbox-namespace": "kube-system",
+        }});
+        fs::write(bundle.join("config.json"), annotations.to_string()).unwrap();
+
+        let resolver = ContainerResolver::new(host.path());
+        let cgroup = format!(
+            "0::/system.slice/docker-{outer}.scope/kubelet/kubepods/burstable/pod{UID}/{ID}"
+        );
+        let info = resolver.resolve(&cgroup).unwrap();
+        assert_eq!(info.outer_id.as_deref(), Some(outer));
+        assert_eq!(info.runtime, Some(Runtime::Containerd));
+        assert_eq!(info.pod_name.as_deref(), Some("coredns-5d78c9869d-x2"));
+        assert_eq!(info.pod_namespace.as_deref(), Some("kube-system"));
+        assert_eq!(info.pod_uid.as_deref(), Some(UID));
+        assert_eq!(info.k8s_container_name.as_deref(), Some("coredns"));
+        assert_eq!(
+            info.image.as_deref(),
+            Some("registry.k8s.io/coredns/coredns:v1.11.1")
+        );
     }
 
     #[test]
