@@ -696,7 +696,10 @@ __attribute__((noinline)) int put_user_path(s32 dirfd, u64 user_addr, u32 off)
 		user_len = room;
 		ev->flags |= truncated_flag;
 	}
-	bpf_probe_read_kernel(&ev->data[(off + dir_len + 1) & FILE_DATA_MASK], user_len & PATH_MASK, scratch->user);
+	u32 copy_len = user_len;
+	asm volatile("" : "+r"(copy_len));
+	copy_len &= PATH_MASK;
+	bpf_probe_read_kernel(&ev->data[(off + dir_len + 1) & FILE_DATA_MASK], copy_len, scratch->user);
 	return (dir_len + 1 + user_len) & PATH_MASK;
 }
 
@@ -724,7 +727,13 @@ static __always_inline void send_file_event(u32 action, u32 tgid, u32 path_len, 
 	ev->action = action;
 	ev->path_len = path_len;
 	ev->new_path_len = new_len;
-	if (bpf_ringbuf_output(&events, ev, FILE_DATA_OFFSET + path_len + new_len, 0) < 0)
+	u64 size = FILE_DATA_OFFSET + path_len + new_len;
+	/* Hide the value from the compiler so the bound check below stays in
+	 * the object: the verifier needs it, clang can prove it redundant. */
+	asm volatile("" : "+r"(size));
+	if (size > sizeof(*ev))
+		return;
+	if (bpf_ringbuf_output(&events, ev, size, 0) < 0)
 		count_loss(LOSS_RINGBUF);
 }
 

@@ -72,7 +72,13 @@ pub enum LoadError {
     #[error("cannot create the BPF maps of the embedded object")]
     Object(#[source] aya::EbpfError),
     #[error("the verifier rejected program {program}: {log_tail}")]
-    Verifier { program: &'static str, log_tail: String },
+    Verifier {
+        program: &'static str,
+        /// The last lines of the verifier log, which name the failing check.
+        log_tail: String,
+        /// The whole verifier log.
+        log: String,
+    },
     #[error("the kernel refused program {program} (permission denied): missing CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN, a low RLIMIT_MEMLOCK on kernels before 5.11, or a security module")]
     PermissionDenied {
         program: &'static str,
@@ -369,7 +375,7 @@ fn program_error(program: &'static str, source: ProgramError) -> LoadError {
             let tail: Vec<&str> = log.lines().rev().take(4).collect();
             let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
             let log_tail = if log_tail.is_empty() { io_error.to_string() } else { log_tail };
-            LoadError::Verifier { program, log_tail }
+            LoadError::Verifier { program, log_tail, log }
         }
         ProgramError::LoadError { .. } => LoadError::PermissionDenied { program, source },
         source => LoadError::Program { program, source },
@@ -434,6 +440,9 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
     let mut file_events_unavailable = None;
     if config.files.enabled {
         if let Err(error) = attach_file_programs(&mut bpf, &btf, &prefixes) {
+            if let LoadError::Verifier { log, .. } = &error {
+                tracing::debug!(%log, "verifier log");
+            }
             tracing::warn!(%error, "file events unavailable in the ebpf tier");
             file_events_unavailable = Some(error.to_string());
         }

@@ -439,3 +439,25 @@ fn missing_capability_gives_reason() {
     assert!(text.contains("start: "), "{text}");
     assert!(!text.contains("start: ok"), "{text}");
 }
+
+#[test]
+fn zz_debug_files() {
+    if std::env::var("PKT_DEBUG").is_err() { return; }
+    let Some((handle, rx)) = start_tier(FileConfig::default()) else { return };
+    println!("unavailable: {:?}", handle.file_events_unavailable);
+    run(Command::new("/bin/sh").args(["-c", "echo x > /tmp/pkt-dbg-a; mv /tmp/pkt-dbg-a /tmp/pkt-dbg-b; rm /tmp/pkt-dbg-b"]));
+    let seen = collect(&rx, Duration::from_secs(2), |f| matches!(f, Fact::File(_) | Fact::Dropped { .. }), |_| false);
+    for f in seen.iter().take(30) { println!("{f:?}"); }
+    println!("{:?} events {}", handle.losses(), handle.events_read());
+}
+
+#[test]
+fn zz_debug_verifier() {
+    if std::env::var("PKT_DEBUG").is_err() { return; }
+    let btf = Btf::parse_file("/sys/kernel/btf/vmlinux", Endianness::default()).unwrap();
+    let mut bpf = load_object(&EbpfConfig::default(), &btf, true).unwrap();
+    if let Err(LoadError::Verifier { log, .. }) = attach(&mut bpf, &btf, "handle_sys_exit", "sys_exit") {
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(60)..] { println!("{l}"); }
+    }
+}
