@@ -37,7 +37,11 @@ pub enum HashError {
         source: std::io::Error,
     },
     #[error("{path} is {size} bytes, over the hashing limit of {limit} bytes")]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// A new hash: the first time this file identity was seen.
@@ -61,14 +65,25 @@ pub struct HashCache {
 impl HashCache {
     /// `max_bytes` bounds the size of a file that is hashed at all.
     pub fn new(capacity: usize, max_bytes: u64) -> HashCache {
-        HashCache { seen: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), max_bytes }
+        HashCache {
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            max_bytes,
+        }
     }
 
     /// Hashes the file at `path` unless its identity was hashed before.
     /// Returns `Ok(None)` for an identity already seen.
     pub fn hash_once(&mut self, path: &Path) -> Result<Option<CodeIdentity>, HashError> {
-        let mut file = File::open(path).map_err(|source| HashError::Open { path: path.to_owned(), source })?;
-        let meta = file.metadata().map_err(|source| HashError::Read { path: path.to_owned(), source })?;
+        let mut file = File::open(path).map_err(|source| HashError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let meta = file.metadata().map_err(|source| HashError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let identity = FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -79,13 +94,20 @@ impl HashCache {
             return Ok(None);
         }
         if meta.size() > self.max_bytes {
-            return Err(HashError::TooLarge { path: path.to_owned(), size: meta.size(), limit: self.max_bytes });
+            return Err(HashError::TooLarge {
+                path: path.to_owned(),
+                size: meta.size(),
+                limit: self.max_bytes,
+            });
         }
 
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = file.read(&mut buf).map_err(|source| HashError::Read { path: path.to_owned(), source })?;
+            let n = file.read(&mut buf).map_err(|source| HashError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
@@ -93,7 +115,11 @@ impl HashCache {
         }
         let sha256 = hex::encode(hasher.finalize());
         self.remember(identity, sha256.clone());
-        Ok(Some(CodeIdentity { identity, sha256, size: meta.size() }))
+        Ok(Some(CodeIdentity {
+            identity,
+            sha256,
+            size: meta.size(),
+        }))
     }
 
     /// The hash recorded for an identity, if it is still cached.
@@ -124,8 +150,14 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let mut cache = HashCache::new(16, 1 << 20);
 
-        let first = cache.hash_once(&path).unwrap().expect("first sight is hashed");
-        assert_eq!(first.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let first = cache
+            .hash_once(&path)
+            .unwrap()
+            .expect("first sight is hashed");
+        assert_eq!(
+            first.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(first.size, 3);
         assert!(cache.hash_once(&path).unwrap().is_none());
     }
@@ -138,10 +170,16 @@ mod tests {
         let mut cache = HashCache::new(16, 1 << 20);
         cache.hash_once(&path).unwrap();
 
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(b"d").unwrap();
         drop(file);
-        let second = cache.hash_once(&path).unwrap().expect("new size means new identity");
+        let second = cache
+            .hash_once(&path)
+            .unwrap()
+            .expect("new size means new identity");
         assert_eq!(second.size, 4);
     }
 
@@ -151,7 +189,10 @@ mod tests {
         let path = dir.path().join("big");
         std::fs::write(&path, vec![0u8; 100]).unwrap();
         let mut cache = HashCache::new(16, 10);
-        assert!(matches!(cache.hash_once(&path), Err(HashError::TooLarge { size: 100, .. })));
+        assert!(matches!(
+            cache.hash_once(&path),
+            Err(HashError::TooLarge { size: 100, .. })
+        ));
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub enum Unavailable {
     KernelTooOld { release: String },
     #[error("missing capability {missing}: loading eBPF programs needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN")]
     MissingCapability { missing: &'static str },
-    #[error("kernel lockdown is in {mode} mode, which forbids BPF programs from reading kernel memory")]
+    #[error(
+        "kernel lockdown is in {mode} mode, which forbids BPF programs from reading kernel memory"
+    )]
     Lockdown { mode: String },
     #[error("cannot read {path}")]
     Unreadable {
@@ -71,6 +73,12 @@ pub enum LoadError {
     },
     #[error("cannot create the BPF maps of the embedded object")]
     Object(#[source] aya::EbpfError),
+    #[error("the kernel refused to create BPF map {map} (permission denied): missing CAP_BPF/CAP_SYS_ADMIN, or a low RLIMIT_MEMLOCK on kernels before 5.11")]
+    MapPermissionDenied {
+        map: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the verifier rejected program {program}: {log_tail}")]
     Verifier {
         program: &'static str,
@@ -109,7 +117,10 @@ pub enum LoadError {
     #[error("cannot start the ring buffer reader thread")]
     Thread(#[source] std::io::Error),
     #[error("file path prefix {prefix:?} is invalid: {reason}")]
-    Prefix { prefix: String, reason: &'static str },
+    Prefix {
+        prefix: String,
+        reason: &'static str,
+    },
 }
 
 /// File event settings.
@@ -129,7 +140,12 @@ pub struct FileConfig {
 
 impl Default for FileConfig {
     fn default() -> Self {
-        FileConfig { enabled: true, prefixes: Vec::new(), rate_per_sec: 200, burst: 1000 }
+        FileConfig {
+            enabled: true,
+            prefixes: Vec::new(),
+            rate_per_sec: 200,
+            burst: 1000,
+        }
     }
 }
 
@@ -145,7 +161,11 @@ pub struct EbpfConfig {
 
 impl Default for EbpfConfig {
     fn default() -> Self {
-        EbpfConfig { host_fs: PathBuf::from("/"), ring_bytes: 16 << 20, files: FileConfig::default() }
+        EbpfConfig {
+            host_fs: PathBuf::from("/"),
+            ring_bytes: 16 << 20,
+            files: FileConfig::default(),
+        }
     }
 }
 
@@ -242,7 +262,8 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 
 fn effective_capabilities() -> Result<u64, Unavailable> {
     let path = PathBuf::from("/proc/self/status");
-    let status = std::fs::read_to_string(&path).map_err(|source| Unavailable::Unreadable { path, source })?;
+    let status = std::fs::read_to_string(&path)
+        .map_err(|source| Unavailable::Unreadable { path, source })?;
     let hex = status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
@@ -269,16 +290,24 @@ pub fn probe(host_fs: &Path) -> Result<(), Unavailable> {
             return Err(Unavailable::MissingCapability { missing: "CAP_BPF" });
         }
         if !has(CAP_PERFMON) {
-            return Err(Unavailable::MissingCapability { missing: "CAP_PERFMON" });
+            return Err(Unavailable::MissingCapability {
+                missing: "CAP_PERFMON",
+            });
         }
     }
 
     // securityfs may not be mounted; then lockdown cannot be checked here
     // and a refusal shows up at load time instead.
     if let Ok(text) = std::fs::read_to_string("/sys/kernel/security/lockdown") {
-        if let Some(mode) = text.split('[').nth(1).and_then(|rest| rest.split(']').next()) {
+        if let Some(mode) = text
+            .split('[')
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+        {
             if mode == "confidentiality" {
-                return Err(Unavailable::Lockdown { mode: mode.to_owned() });
+                return Err(Unavailable::Lockdown {
+                    mode: mode.to_owned(),
+                });
             }
         }
     }
@@ -299,19 +328,32 @@ unsafe impl aya::Pod for Prefix {}
 
 fn prefix_entries(prefixes: &[String]) -> Result<Vec<Prefix>, LoadError> {
     if prefixes.len() > PREFIX_SLOTS {
-        return Err(LoadError::Prefix { prefix: prefixes[PREFIX_SLOTS].clone(), reason: "at most 8 prefixes" });
+        return Err(LoadError::Prefix {
+            prefix: prefixes[PREFIX_SLOTS].clone(),
+            reason: "at most 8 prefixes",
+        });
     }
     prefixes
         .iter()
         .map(|prefix| {
             let bytes = prefix.as_bytes();
             if !prefix.starts_with('/') {
-                return Err(LoadError::Prefix { prefix: prefix.clone(), reason: "must be an absolute path" });
+                return Err(LoadError::Prefix {
+                    prefix: prefix.clone(),
+                    reason: "must be an absolute path",
+                });
             }
             if bytes.len() > PREFIX_CAP {
-                return Err(LoadError::Prefix { prefix: prefix.clone(), reason: "longer than 256 bytes" });
+                return Err(LoadError::Prefix {
+                    prefix: prefix.clone(),
+                    reason: "longer than 256 bytes",
+                });
             }
-            let mut entry = Prefix { len: bytes.len() as u32, pad: 0, bytes: [0; PREFIX_CAP] };
+            let mut entry = Prefix {
+                len: bytes.len() as u32,
+                pad: 0,
+                bytes: [0; PREFIX_CAP],
+            };
             entry.bytes[..bytes.len()].copy_from_slice(bytes);
             Ok(entry)
         })
@@ -360,7 +402,10 @@ fn possible_cpus() -> u32 {
 /// Lifts RLIMIT_MEMLOCK, which BPF maps count against before Linux 5.11.
 /// Failure is fine on later kernels, which charge the memory cgroup instead.
 fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads one valid rlimit struct and changes no memory.
     let result = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     if result != 0 {
@@ -370,26 +415,50 @@ fn raise_memlock() {
 
 fn program_error(program: &'static str, source: ProgramError) -> LoadError {
     match source {
-        ProgramError::LoadError { io_error, verifier_log } if io_error.raw_os_error() != Some(libc::EPERM) => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if io_error.raw_os_error() != Some(libc::EPERM) => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(4).collect();
             let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-            let log_tail = if log_tail.is_empty() { io_error.to_string() } else { log_tail };
-            LoadError::Verifier { program, log_tail, log }
+            let log_tail = if log_tail.is_empty() {
+                io_error.to_string()
+            } else {
+                log_tail
+            };
+            LoadError::Verifier {
+                program,
+                log_tail,
+                log,
+            }
         }
         ProgramError::LoadError { .. } => LoadError::PermissionDenied { program, source },
         source => LoadError::Program { program, source },
     }
 }
 
-fn attach(bpf: &mut Ebpf, btf: &Btf, program: &'static str, hook: &'static str) -> Result<(), LoadError> {
+fn attach(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    program: &'static str,
+    hook: &'static str,
+) -> Result<(), LoadError> {
     let prog: &mut BtfTracePoint = bpf
         .program_mut(program)
-        .ok_or(LoadError::Program { program, source: ProgramError::NotLoaded })?
+        .ok_or(LoadError::Program {
+            program,
+            source: ProgramError::NotLoaded,
+        })?
         .try_into()
         .map_err(|source| LoadError::Program { program, source })?;
-    prog.load(hook, btf).map_err(|source| program_error(program, source))?;
-    prog.attach().map_err(|source| LoadError::Attach { program, hook, source })?;
+    prog.load(hook, btf)
+        .map_err(|source| program_error(program, source))?;
+    prog.attach().map_err(|source| LoadError::Attach {
+        program,
+        hook,
+        source,
+    })?;
     Ok(())
 }
 
@@ -411,7 +480,17 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
     for (name, number) in SYSCALLS {
         loader.set_global(name, number, true);
     }
-    loader.load(OBJECT).map_err(LoadError::Object)
+    loader.load(OBJECT).map_err(|error| match error {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error, .. })
+            if io_error.raw_os_error() == Some(libc::EPERM) =>
+        {
+            LoadError::MapPermissionDenied {
+                map: name,
+                source: io_error,
+            }
+        }
+        error => LoadError::Object(error),
+    })
 }
 
 /// Loads and attaches the programs and starts a thread that sends each
@@ -427,8 +506,11 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
             error: std::io::Error::from(std::io::ErrorKind::NotFound),
         },
     })?;
-    let btf = Btf::parse_file(&btf_path, Endianness::default())
-        .map_err(|source| LoadError::Btf { path: btf_path.clone(), source })?;
+    let btf =
+        Btf::parse_file(&btf_path, Endianness::default()).map_err(|source| LoadError::Btf {
+            path: btf_path.clone(),
+            source,
+        })?;
     let prefixes = prefix_entries(&config.files.prefixes)?;
     raise_memlock();
 
@@ -448,32 +530,65 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
         }
     }
 
-    let ring = RingBuf::try_from(bpf.take_map("events").ok_or(LoadError::MissingMap { name: "events" })?)
-        .map_err(|source| LoadError::Map { name: "events", source })?;
-    let loss: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(bpf.take_map("loss").ok_or(LoadError::MissingMap { name: "loss" })?)
-            .map_err(|source| LoadError::Map { name: "loss", source })?;
+    let ring = RingBuf::try_from(
+        bpf.take_map("events")
+            .ok_or(LoadError::MissingMap { name: "events" })?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "events",
+        source,
+    })?;
+    let loss: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+        bpf.take_map("loss")
+            .ok_or(LoadError::MissingMap { name: "loss" })?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "loss",
+        source,
+    })?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(SharedCounts::default());
-    let sink = Sink { tx, counts: counts.clone(), unsent_overflow: 0 };
-    let reader = Reader { bpf, ring, loss, sink, stop: stop.clone() };
+    let sink = Sink {
+        tx,
+        counts: counts.clone(),
+        unsent_overflow: 0,
+    };
+    let reader = Reader {
+        bpf,
+        ring,
+        loss,
+        sink,
+        stop: stop.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("ebpf-reader".to_owned())
         .spawn(move || reader.run())
         .map_err(LoadError::Thread)?;
     tracing::info!(btf = %btf_path.display(), files = file_events_unavailable.is_none() && config.files.enabled, "ebpf tier started");
-    Ok(EbpfHandle { stop, counts, thread: Some(thread), file_events_unavailable })
+    Ok(EbpfHandle {
+        stop,
+        counts,
+        thread: Some(thread),
+        file_events_unavailable,
+    })
 }
 
 fn attach_file_programs(bpf: &mut Ebpf, btf: &Btf, prefixes: &[Prefix]) -> Result<(), LoadError> {
-    let mut map: Array<&mut MapData, Prefix> = Array::try_from(
-        bpf.map_mut("file_prefixes").ok_or(LoadError::MissingMap { name: "file_prefixes" })?,
-    )
-    .map_err(|source| LoadError::Map { name: "file_prefixes", source })?;
+    let mut map: Array<&mut MapData, Prefix> =
+        Array::try_from(bpf.map_mut("file_prefixes").ok_or(LoadError::MissingMap {
+            name: "file_prefixes",
+        })?)
+        .map_err(|source| LoadError::Map {
+            name: "file_prefixes",
+            source,
+        })?;
     for (index, prefix) in prefixes.iter().enumerate() {
         map.set(index as u32, prefix, 0)
-            .map_err(|source| LoadError::Map { name: "file_prefixes", source })?;
+            .map_err(|source| LoadError::Map {
+                name: "file_prefixes",
+                source,
+            })?;
     }
     attach(bpf, btf, "handle_sys_enter", "sys_enter")?;
     attach(bpf, btf, "handle_sys_exit", "sys_exit")?;
@@ -489,12 +604,17 @@ struct Clock {
 impl Clock {
     fn now() -> Clock {
         let read = |clock| {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             // SAFETY: clock_gettime writes one timespec into valid memory.
             unsafe { libc::clock_gettime(clock, &mut ts) };
             i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
         };
-        Clock { offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME) }
+        Clock {
+            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME),
+        }
     }
 }
 
@@ -525,7 +645,10 @@ impl Sink {
     /// Sends one fact; false when the receiver is gone.
     fn send(&mut self, fact: Fact) -> bool {
         if self.unsent_overflow > 0 {
-            let dropped = Fact::Dropped { reason: "queue_overflow", count: self.unsent_overflow };
+            let dropped = Fact::Dropped {
+                reason: "queue_overflow",
+                count: self.unsent_overflow,
+            };
             match self.tx.try_send(dropped) {
                 Ok(()) => self.unsent_overflow = 0,
                 Err(TrySendError::Full(_)) => {}
@@ -577,14 +700,20 @@ impl Reader {
     }
 
     fn wait_readable(&self, timeout: Duration) {
-        let mut pollfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pollfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: poll reads and writes one pollfd that lives for the call.
         unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as libc::c_int) };
     }
 
     fn report_kernel_losses(&mut self, reported: &mut [u64; 4]) -> bool {
         for (slot, reason) in LOSS_REASONS.iter().enumerate() {
-            let Ok(values) = self.loss.get(&(slot as u32), 0) else { continue };
+            let Ok(values) = self.loss.get(&(slot as u32), 0) else {
+                continue;
+            };
             let total: u64 = values.iter().sum();
             self.sink.counts.kernel[slot].store(total, Ordering::Relaxed);
             if total > reported[slot] {

@@ -6,7 +6,7 @@
 //! mirrored fails a build or a test.
 
 use crate::collect::{
-    ExecDetails, ExecFact, ExeKind, ExitFact, Fact, FileAction, FileFact, ForkFact,
+    ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
 };
 
 pub const EVENT_EXEC: u32 = 1;
@@ -81,7 +81,10 @@ impl Reader<'_> {
 /// Decodes one ring buffer record into a fact.
 pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError> {
     if record.len() < HEADER_LEN {
-        return Err(DecodeError::Short { kind: 0, len: record.len() });
+        return Err(DecodeError::Short {
+            kind: 0,
+            len: record.len(),
+        });
     }
     let r = Reader { bytes: record };
     let kind = r.u32(0);
@@ -92,7 +95,10 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
         _ => return Err(DecodeError::UnknownKind { kind }),
     };
     if record.len() < min_len {
-        return Err(DecodeError::Short { kind, len: record.len() });
+        return Err(DecodeError::Short {
+            kind,
+            len: record.len(),
+        });
     }
 
     let pid = r.u32(4);
@@ -106,7 +112,12 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
             time_ns,
             details: Some(decode_exec_details(&r)),
         }),
-        EVENT_FORK => Fact::Fork(ForkFact { pid, ppid: r.u32(24), start_ticks, time_ns }),
+        EVENT_FORK => Fact::Fork(ForkFact {
+            pid,
+            ppid: r.u32(24),
+            start_ticks,
+            time_ns,
+        }),
         EVENT_EXIT => Fact::Exit(ExitFact {
             pid,
             start_ticks,
@@ -141,9 +152,11 @@ fn decode_exec_details(r: &Reader<'_>) -> ExecDetails {
     let area = r.slice(at, argv_len);
 
     let argv = split_argv(area);
-    let argv_truncated = flags & (FLAG_ARGV_TRUNCATED | FLAG_ARGV_UNREADABLE) != 0
-        || argv.len() != argc as usize;
-    let mount_point = exe.get(..mount_prefix_len.min(exe.len())).unwrap_or_default();
+    let argv_truncated =
+        flags & (FLAG_ARGV_TRUNCATED | FLAG_ARGV_UNREADABLE) != 0 || argv.len() != argc as usize;
+    let mount_point = exe
+        .get(..mount_prefix_len.min(exe.len()))
+        .unwrap_or_default();
     let exe_kind = exe_kind(flags, exe_magic, exe_nlink, mount_point);
 
     ExecDetails {
@@ -204,7 +217,14 @@ fn decode_file(r: &Reader<'_>, pid: u32, start_ticks: Option<u64>, time_ns: u64)
     let path = r.slice(FILE_DATA_OFFSET, path_len).to_vec();
     let new_path = (action == FileAction::Rename)
         .then(|| r.slice(FILE_DATA_OFFSET + path_len, new_path_len).to_vec());
-    FileFact { action, pid, start_ticks, path, new_path, time_ns }
+    FileFact {
+        action,
+        pid,
+        start_ticks,
+        path,
+        new_path,
+        time_ns,
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +238,14 @@ mod tests {
         }
     }
 
-    fn exec_record(flags: u32, exe: &[u8], cwd: &[u8], cgroup: &[u8], argv: &[u8], argc: u32) -> Vec<u8> {
+    fn exec_record(
+        flags: u32,
+        exe: &[u8],
+        cwd: &[u8],
+        cgroup: &[u8],
+        argv: &[u8],
+        argc: u32,
+    ) -> Vec<u8> {
         let mut rec = vec![0u8; EXEC_DATA_OFFSET];
         rec[0..4].copy_from_slice(&EVENT_EXEC.to_ne_bytes());
         rec[4..8].copy_from_slice(&42u32.to_ne_bytes());
@@ -243,8 +270,17 @@ mod tests {
 
     #[test]
     fn exec_record_decodes_every_field() {
-        let rec = exec_record(0, b"/bin/ls", b"/tmp", b"4:memory:/docker/abc\n0::/\n", b"ls\0-l\0", 2);
-        let Fact::Exec(exec) = decode(&rec, &Identity).unwrap() else { panic!("not an exec") };
+        let rec = exec_record(
+            0,
+            b"/bin/ls",
+            b"/tmp",
+            b"4:memory:/docker/abc\n0::/\n",
+            b"ls\0-l\0",
+            2,
+        );
+        let Fact::Exec(exec) = decode(&rec, &Identity).unwrap() else {
+            panic!("not an exec")
+        };
         assert_eq!(exec.pid, 42);
         assert_eq!(exec.ppid, Some(1));
         assert_eq!(exec.start_ticks, Some(99));
@@ -255,13 +291,18 @@ mod tests {
         assert_eq!(details.cgroup_text, "4:memory:/docker/abc\n0::/");
         assert_eq!(details.argv, vec![b"ls".to_vec(), b"-l".to_vec()]);
         assert!(!details.argv_truncated);
-        assert_eq!((details.uid, details.gid, details.cgroup_id), (1000, 100, 5));
+        assert_eq!(
+            (details.uid, details.gid, details.cgroup_id),
+            (1000, 100, 5)
+        );
     }
 
     #[test]
     fn cut_argv_keeps_partial_last_argument() {
         let rec = exec_record(FLAG_ARGV_TRUNCATED, b"/bin/x", b"/", b"", b"x\0abc", 3);
-        let Fact::Exec(exec) = decode(&rec, &Identity).unwrap() else { panic!("not an exec") };
+        let Fact::Exec(exec) = decode(&rec, &Identity).unwrap() else {
+            panic!("not an exec")
+        };
         let details = exec.details.unwrap();
         assert_eq!(details.argv, vec![b"x".to_vec(), b"abc".to_vec()]);
         assert_eq!(details.argc, 3);
@@ -273,13 +314,24 @@ mod tests {
         let rec = exec_record(0, b"", b"", b"", b"", 0);
         assert_eq!(
             decode(&rec[..40], &Identity),
-            Err(DecodeError::Short { kind: EVENT_EXEC, len: 40 })
+            Err(DecodeError::Short {
+                kind: EVENT_EXEC,
+                len: 40
+            })
         );
     }
 
     #[test]
     fn exe_kind_prefers_memfd_then_deleted() {
-        assert_eq!(exe_kind(FLAG_EXE_INTERNAL_MOUNT | FLAG_EXEC_FDPATH, TMPFS_MAGIC, 0, b""), ExeKind::Memfd);
+        assert_eq!(
+            exe_kind(
+                FLAG_EXE_INTERNAL_MOUNT | FLAG_EXEC_FDPATH,
+                TMPFS_MAGIC,
+                0,
+                b""
+            ),
+            ExeKind::Memfd
+        );
         assert_eq!(exe_kind(FLAG_EXEC_FDPATH, 0xef53, 0, b""), ExeKind::Deleted);
         assert_eq!(exe_kind(0, TMPFS_MAGIC, 1, b"/dev/shm"), ExeKind::DevShm);
         assert_eq!(exe_kind(0, TMPFS_MAGIC, 1, b"/run"), ExeKind::Regular);
