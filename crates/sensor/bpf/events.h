@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * Records sent to user space through the ring buffer, and the loss counter
- * slots. `collect/ebpf/wire.rs` declares the same layouts; both files assert
- * the sizes and offsets below, so a change on one side fails the build of the
- * other until it is mirrored.
+ * slots. The asserts below pin sizes and offsets, and `collect/ebpf/wire.rs`
+ * repeats those offsets, so a layout change must update both files.
  */
 #ifndef PICKET_EVENTS_H
 #define PICKET_EVENTS_H
@@ -72,8 +71,8 @@ struct exec_event {
 	u32 argc;
 	/* Bytes of the argument area in the new process (arg_end - arg_start). */
 	u32 argv_area_len;
-	/* Length of the exe path's part that lies above the exe's own mount,
-	 * that is the mount point's path; zero when the exe is on the root mount. */
+	/* Length of the exe path's leading part that is the path of the mount
+	 * point of the exe's mount. Zero when the exe is on the root mount. */
 	u16 exe_mount_prefix_len;
 	u16 exe_len;
 	u16 cwd_len;

@@ -12,11 +12,10 @@
  * File programs hook raw_syscalls sys_enter/sys_exit. fentry or LSM programs
  * on security_path_* would see resolved kernel paths, but they need BPF
  * trampolines, and some kernels refuse those (the 6.18 VM this was built on
- * returns EPERM for any fentry or lsm program). Where a kernel object is at
- * hand (the struct file behind a descriptor for writes and creating opens)
- * the path is walked in the kernel; unlink and rename paths are the caller's
- * text, made absolute with the directory descriptor's or working directory's
- * kernel path.
+ * returns EPERM for any fentry or lsm program). Writes and creating opens
+ * have the struct file behind a descriptor, so their path is walked in the
+ * kernel. Unlink and rename paths are the caller's text, made absolute with
+ * the kernel path of the directory descriptor or working directory.
  *
  * NOTE: scratch buffers are per CPU. On a fully preemptible kernel
  * (CONFIG_PREEMPT) a program preempted mid-event can see its buffer reused by

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// What makes two opens the same file for hashing purposes.
+/// Identity of a file for hashing: two opens with equal identity are one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     pub dev: u64,
@@ -122,7 +122,7 @@ impl HashCache {
         }))
     }
 
-    /// The hash recorded for an identity, if it is still cached.
+    /// Returns the hash recorded for an identity, if it is still cached.
     pub fn lookup(&self, identity: &FileIdentity) -> Option<&str> {
         self.seen.get(identity).map(String::as_str)
     }

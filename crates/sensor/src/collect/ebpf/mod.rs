@@ -7,9 +7,9 @@
 //! from BPF). All programs attach as BTF tracepoints, so neither tracefs nor
 //! debugfs needs to be mounted.
 //!
-//! The loader is aya: it is pure Rust, so the sensor stays one static binary
-//! with no libbpf or libelf to ship, and it performs CO-RE relocation against
-//! the kernel BTF it is given, which lets the BTF come from under `HOST_FS`.
+//! The loader is aya. It is pure Rust, so the sensor stays one static binary
+//! with no libbpf or libelf to ship. It performs CO-RE relocation against the
+//! kernel BTF it is given, so that BTF can come from under `HOST_FS`.
 //!
 //! Entry points: [`probe`] says whether the tier can run here, [`start`] loads
 //! the programs and streams [`Fact`]s to a channel until the returned
@@ -41,7 +41,7 @@ const CAP_BPF: u32 = 39;
 const PREFIX_SLOTS: usize = 8;
 const PREFIX_CAP: usize = 256;
 
-/// Why the eBPF tier cannot run on this host.
+/// Reason the eBPF tier cannot run on this host.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
     #[error("no kernel BTF at {}: the kernel needs CONFIG_DEBUG_INFO_BTF", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or "))]
@@ -62,9 +62,11 @@ pub enum Unavailable {
     },
 }
 
-/// Why [`start`] failed; the sensor falls back to a lower tier.
+/// Failure of [`start`]; the caller falls back to a lower tier.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error(transparent)]
+    Unavailable(Unavailable),
     #[error("cannot parse kernel BTF at {path}")]
     Btf {
         path: PathBuf,
@@ -152,7 +154,7 @@ impl Default for FileConfig {
 /// Settings of the eBPF tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EbpfConfig {
-    /// Where the host's `/` is mounted (`HOST_FS`).
+    /// Mount point of the host's `/` (`HOST_FS`).
     pub host_fs: PathBuf,
     /// Ring buffer size in bytes; a power of two and a multiple of the page size.
     pub ring_bytes: u32,
@@ -200,7 +202,7 @@ pub struct EbpfHandle {
     stop: Arc<AtomicBool>,
     counts: Arc<SharedCounts>,
     thread: Option<JoinHandle<()>>,
-    /// Why file events are off although configured, if they are.
+    /// Reason file events are off although configured, if they are.
     pub file_events_unavailable: Option<String>,
 }
 
@@ -499,13 +501,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
 /// there is room. Kernel-side losses are sent as `Fact::Dropped` once a
 /// second.
 pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, LoadError> {
-    let btf_path = find_btf(&config.host_fs).map_err(|_| LoadError::Btf {
-        path: btf_candidates(&config.host_fs)[0].clone(),
-        source: aya::BtfError::FileError {
-            path: btf_candidates(&config.host_fs)[0].clone(),
-            error: std::io::Error::from(std::io::ErrorKind::NotFound),
-        },
-    })?;
+    let btf_path = find_btf(&config.host_fs).map_err(LoadError::Unavailable)?;
     let btf =
         Btf::parse_file(&btf_path, Endianness::default()).map_err(|source| LoadError::Btf {
             path: btf_path.clone(),

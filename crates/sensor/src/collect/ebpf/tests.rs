@@ -633,3 +633,97 @@ fn missing_capability_gives_reason() {
         "{text}"
     );
 }
+
+#[test]
+fn container_fork_exit_and_files() {
+    if Command::new("docker")
+        .args(["image", "inspect", "picket-test/busybox:latest"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        return drop(skip_or_fail(
+            "docker or the picket-test/busybox:latest image is missing",
+        ));
+    }
+    let files = FileConfig {
+        prefixes: vec!["/tmp".to_owned()],
+        ..FileConfig::default()
+    };
+    let Some((_handle, rx)) = start_tier(files) else {
+        return;
+    };
+    let nonce = format!("pkt-ebpf-files-{}", std::process::id());
+    let script = "echo x > /tmp/f; mv /tmp/f /tmp/g; rm /tmp/g; /bin/true; exit 7";
+    let dir = tempfile::tempdir().unwrap();
+    let cidfile = dir.path().join("cid");
+    let status = Command::new("docker")
+        .args(["run", "--rm", "--name", &nonce, "--cidfile"])
+        .arg(&cidfile)
+        .args(["picket-test/busybox:latest", "sh", "-c", script, &nonce])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+    let cid = std::fs::read_to_string(&cidfile).unwrap();
+
+    let facts = collect(&rx, Duration::from_secs(3), |_| true, |_| false);
+    let shell = facts
+        .iter()
+        .find_map(|f| match f {
+            // The docker client's argv ends with the nonce too; the shell's
+            // starts with "sh".
+            Fact::Exec(e)
+                if details(e).argv.first().map(Vec::as_slice) == Some(b"sh")
+                    && details(e).argv.last().map(Vec::as_slice) == Some(nonce.as_bytes()) =>
+            {
+                Some(e)
+            }
+            _ => None,
+        })
+        .expect("exec of the container's shell");
+    let shell_pid = shell.pid;
+    assert!(
+        details(shell).cgroup_text.contains(cid.trim()),
+        "{}",
+        details(shell).cgroup_text
+    );
+
+    let children: Vec<u32> = facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Fork(fork) if fork.ppid == shell_pid => Some(fork.pid),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !children.is_empty(),
+        "no fork by the container shell {shell_pid}"
+    );
+    let in_container = |pid: u32| pid == shell_pid || children.contains(&pid);
+    let file = |action: FileAction, path: &[u8]| {
+        facts.iter().find_map(|f| match f {
+            Fact::File(x) if x.action == action && x.path == path && in_container(x.pid) => Some(x),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        file(FileAction::Create, b"/tmp/f").map(|x| x.pid),
+        Some(shell_pid)
+    );
+    assert!(
+        file(FileAction::Modify, b"/tmp/f").is_some(),
+        "modify of /tmp/f"
+    );
+    let rename = file(FileAction::Rename, b"/tmp/f").expect("rename of /tmp/f");
+    assert_eq!(rename.new_path.as_deref(), Some(&b"/tmp/g"[..]));
+    assert!(
+        file(FileAction::Delete, b"/tmp/g").is_some(),
+        "delete of /tmp/g"
+    );
+
+    let exit = facts.iter().find_map(|f| match f {
+        Fact::Exit(e) if e.pid == shell_pid => Some(e.exit_status),
+        _ => None,
+    });
+    assert_eq!(exit, Some(Some(7 << 8)));
+}

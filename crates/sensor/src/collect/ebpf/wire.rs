@@ -1,9 +1,8 @@
 //! Decoding of the records the BPF programs write to the ring buffer.
 //!
-//! The layouts are declared in `bpf/events.h`; the offsets below repeat the
-//! ones that file asserts with `_Static_assert`, and the tests here check
-//! them against the field order, so a change on one side that is not
-//! mirrored fails a build or a test.
+//! The layouts are declared in `bpf/events.h`, which pins its offsets with
+//! `_Static_assert`. The offsets below repeat those numbers, so a layout
+//! change must update both files.
 
 use crate::collect::{
     ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
@@ -209,7 +208,8 @@ fn decode_file(r: &Reader<'_>, pid: u32, start_ticks: Option<u64>, time_ns: u64)
         FILE_CREATE => FileAction::Create,
         FILE_DELETE => FileAction::Delete,
         FILE_RENAME => FileAction::Rename,
-        // Only the four actions above are written by the programs.
+        FILE_MODIFY => FileAction::Modify,
+        // The programs write only the four actions above.
         _ => FileAction::Modify,
     };
     let path_len = usize::from(r.u16(32));
