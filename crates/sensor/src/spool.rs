@@ -66,7 +66,11 @@ impl SpoolConfig {
     /// sixteenth of the bound (at least 64 KiB, at most 8 MiB).
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         let segment_bytes = (max_bytes / 16).clamp(64 * 1024, 8 * 1024 * 1024);
-        SpoolConfig { dir: dir.into(), max_bytes, segment_bytes }
+        SpoolConfig {
+            dir: dir.into(),
+            max_bytes,
+            segment_bytes,
+        }
     }
 }
 
@@ -85,8 +89,7 @@ impl SpooledBatch {
     }
 
     fn encode_entry(&self) -> Vec<u8> {
-        let body_len =
-            BODY_FIXED_LEN + self.records.iter().map(|r| 4 + r.len()).sum::<usize>();
+        let body_len = BODY_FIXED_LEN + self.records.iter().map(|r| 4 + r.len()).sum::<usize>();
         let mut entry = Vec::with_capacity(HEADER_LEN + body_len);
         entry.extend_from_slice(&MAGIC);
         entry.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -328,9 +331,25 @@ impl Spool {
         Ok(seq)
     }
 
+    /// Makes every later sequence number greater than `floor`, the highest
+    /// number the server has stored for this SID.
+    pub fn raise_seq_floor(&mut self, floor: u64) -> Result<(), SpoolError> {
+        if floor < self.next_seq {
+            return Ok(());
+        }
+        self.next_seq = floor + 1;
+        self.reserve_seqs()
+    }
+
     fn reserve_seqs(&mut self) -> Result<(), SpoolError> {
         let reserved = self.next_seq + SEQ_RESERVATION;
-        write_meta(&self.meta_path, &Meta { next_seq_reserved: reserved, acked_seq: self.acked })?;
+        write_meta(
+            &self.meta_path,
+            &Meta {
+                next_seq_reserved: reserved,
+                acked_seq: self.acked,
+            },
+        )?;
         self.seq_reserved = reserved;
         Ok(())
     }
@@ -357,7 +376,10 @@ impl Spool {
             self.start_segment()?;
         }
 
-        let segment = self.segments.back_mut().expect("start_segment pushed a segment");
+        let segment = self
+            .segments
+            .back_mut()
+            .expect("start_segment pushed a segment");
         let offset = segment.bytes;
         if let Err(source) = (&segment.file).write_all(&entry) {
             // The file may now end in a partial entry, so the next append
@@ -366,7 +388,11 @@ impl Spool {
             let path = segment.path.clone();
             self.writable_last = false;
             self.record_drop(DropReason::SpoolWriteFailed, count_of(batch));
-            return Err(SpoolError::Io { op: "write", path, source });
+            return Err(SpoolError::Io {
+                op: "write",
+                path,
+                source,
+            });
         }
         segment.bytes += len;
         segment.entries.push(EntryIndex {
@@ -384,16 +410,29 @@ impl Spool {
         self.sync_last()?;
         let number = self.next_segment_number;
         self.next_segment_number += 1;
-        let path = self.config.dir.join(format!("{SEGMENT_PREFIX}{number:016}{SEGMENT_SUFFIX}"));
+        let path = self
+            .config
+            .dir
+            .join(format!("{SEGMENT_PREFIX}{number:016}{SEGMENT_SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| SpoolError::Io { op: "create", path: path.clone(), source })?;
+            .map_err(|source| SpoolError::Io {
+                op: "create",
+                path: path.clone(),
+                source,
+            })?;
         sync_dir(&self.config.dir)?;
-        self.segments.push_back(Segment { number, path, file, bytes: 0, entries: Vec::new() });
+        self.segments.push_back(Segment {
+            number,
+            path,
+            file,
+            bytes: 0,
+            entries: Vec::new(),
+        });
         self.writable_last = true;
         Ok(())
     }
@@ -463,7 +502,11 @@ impl Spool {
                 seq = entry.seq,
                 "spool entry changed on disk since it was written, skipped"
             );
-            let count = DropCount { batches: 1, events: 0, bytes: u64::from(entry.len) };
+            let count = DropCount {
+                batches: 1,
+                events: 0,
+                bytes: u64::from(entry.len),
+            };
             self.segments[segment_pos].entries.remove(entry_pos);
             self.record_drop(DropReason::SpoolCorrupt, count);
         }
@@ -505,7 +548,10 @@ impl Spool {
         if removed {
             write_meta(
                 &self.meta_path,
-                &Meta { next_seq_reserved: self.seq_reserved, acked_seq: self.acked },
+                &Meta {
+                    next_seq_reserved: self.seq_reserved,
+                    acked_seq: self.acked,
+                },
             )?;
         }
         Ok(())
@@ -515,7 +561,13 @@ impl Spool {
     /// place of the reservation.
     pub fn close(mut self) -> Result<(), SpoolError> {
         self.sync_last()?;
-        write_meta(&self.meta_path, &Meta { next_seq_reserved: self.next_seq, acked_seq: self.acked })
+        write_meta(
+            &self.meta_path,
+            &Meta {
+                next_seq_reserved: self.next_seq,
+                acked_seq: self.acked,
+            },
+        )
     }
 
     /// Takes the drops counted since the last call, one entry per reason.
@@ -533,7 +585,10 @@ impl Spool {
     /// Number of stored batches not yet acknowledged.
     pub fn pending_batches(&self) -> usize {
         let acked = self.acked;
-        self.segments.iter().map(|s| s.entries.iter().filter(|e| e.seq > acked).count()).sum()
+        self.segments
+            .iter()
+            .map(|s| s.entries.iter().filter(|e| e.seq > acked).count())
+            .sum()
     }
 
     /// Returns true if a stored batch has a sequence number above `seq`.
@@ -595,12 +650,20 @@ fn parse_segment(buf: &[u8], last_seq: &mut u64) -> (Vec<EntryIndex>, DropCount)
                 pos += len;
             }
             Ok((_, len)) => {
-                corrupt.add(DropCount { batches: 1, events: 0, bytes: len as u64 });
+                corrupt.add(DropCount {
+                    batches: 1,
+                    events: 0,
+                    bytes: len as u64,
+                });
                 pos += len;
             }
             Err(()) => {
                 let next = find_magic(buf, pos + 1).unwrap_or(buf.len());
-                corrupt.add(DropCount { batches: 1, events: 0, bytes: (next - pos) as u64 });
+                corrupt.add(DropCount {
+                    batches: 1,
+                    events: 0,
+                    bytes: (next - pos) as u64,
+                });
                 pos = next;
             }
         }
@@ -612,7 +675,10 @@ fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
     if from >= buf.len() {
         return None;
     }
-    buf[from..].windows(MAGIC.len()).position(|w| w == MAGIC).map(|p| p + from)
+    buf[from..]
+        .windows(MAGIC.len())
+        .position(|w| w == MAGIC)
+        .map(|p| p + from)
 }
 
 /// Decodes the entry at the start of `buf`, returning it and its length.
@@ -622,7 +688,9 @@ fn parse_entry(buf: &[u8]) -> Result<(SpooledBatch, usize), ()> {
     }
     let body_len = read_u32(buf, 4)? as usize;
     let crc = read_u32(buf, 8)?;
-    let body = buf.get(HEADER_LEN..HEADER_LEN.checked_add(body_len).ok_or(())?).ok_or(())?;
+    let body = buf
+        .get(HEADER_LEN..HEADER_LEN.checked_add(body_len).ok_or(())?)
+        .ok_or(())?;
     if body.len() < BODY_FIXED_LEN || crc32fast::hash(body) != crc {
         return Err(());
     }
@@ -654,7 +722,10 @@ fn create_private_dir(dir: &Path) -> Result<(), SpoolError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| SpoolError::CreateDir { path: dir.to_owned(), source })
+        .map_err(|source| SpoolError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
@@ -683,7 +754,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
     let mut buf = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| SpoolError::Io { op: "read", path: path.to_owned(), source })?;
+        .map_err(|source| SpoolError::Io {
+            op: "read",
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(buf)
 }
 
@@ -691,14 +766,22 @@ fn remove_file(path: &Path) -> Result<(), SpoolError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SpoolError::Io { op: "remove", path: path.to_owned(), source }),
+        Err(source) => Err(SpoolError::Io {
+            op: "remove",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| SpoolError::Io { op: "fsync", path: dir.to_owned(), source })
+        .map_err(|source| SpoolError::Io {
+            op: "fsync",
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Reads the metadata file. An unreadable one is replaced by defaults,
@@ -711,7 +794,11 @@ fn read_meta(path: &Path) -> Result<Meta, SpoolError> {
             Meta::default()
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
-        Err(source) => Err(SpoolError::Io { op: "read", path: path.to_owned(), source }),
+        Err(source) => Err(SpoolError::Io {
+            op: "read",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -719,7 +806,11 @@ fn read_meta(path: &Path) -> Result<Meta, SpoolError> {
 /// rename it over the old one, fsync the directory.
 fn write_meta(path: &Path, meta: &Meta) -> Result<(), SpoolError> {
     let tmp = path.with_extension("json.tmp");
-    let io = |op, source| SpoolError::Io { op, path: tmp.clone(), source };
+    let io = |op, source| SpoolError::Io {
+        op,
+        path: tmp.clone(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -743,7 +834,9 @@ mod tests {
 
     fn batch(spool: &mut Spool, events: usize, tag: &str) -> SpooledBatch {
         let seq = spool.next_seq().unwrap();
-        let records = (0..events).map(|i| format!(r#"{{"n":"{tag}-{i}"}}"#).into_bytes()).collect();
+        let records = (0..events)
+            .map(|i| format!(r#"{{"n":"{tag}-{i}"}}"#).into_bytes())
+            .collect();
         SpooledBatch { seq, records }
     }
 
@@ -758,7 +851,11 @@ mod tests {
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect();
+        let mut files: Vec<PathBuf> = list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         files.sort();
         files
     }
@@ -769,7 +866,9 @@ mod tests {
         let config = SpoolConfig::new(dir.path(), 1 << 20);
         let (mut spool, report) = Spool::open(config.clone()).unwrap();
         assert_eq!(report.batches, 0);
-        let written: Vec<SpooledBatch> = (0..50).map(|i| batch(&mut spool, 3, &i.to_string())).collect();
+        let written: Vec<SpooledBatch> = (0..50)
+            .map(|i| batch(&mut spool, 3, &i.to_string()))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
         }
@@ -801,7 +900,10 @@ mod tests {
 
         fs::remove_file(dir.path().join(META_FILE)).unwrap();
         let (mut spool, _) = Spool::open(config).unwrap();
-        assert!(spool.next_seq().unwrap() > last, "clock floor keeps seq above a lost meta file");
+        assert!(
+            spool.next_seq().unwrap() > last,
+            "clock floor keeps seq above a lost meta file"
+        );
     }
 
     #[test]
@@ -810,7 +912,9 @@ mod tests {
         let mut config = SpoolConfig::new(dir.path(), 1 << 20);
         config.segment_bytes = 512;
         let (mut spool, _) = Spool::open(config.clone()).unwrap();
-        let written: Vec<SpooledBatch> = (0..40).map(|i| batch(&mut spool, 4, &i.to_string())).collect();
+        let written: Vec<SpooledBatch> = (0..40)
+            .map(|i| batch(&mut spool, 4, &i.to_string()))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
         }
@@ -838,7 +942,9 @@ mod tests {
         let mut config = SpoolConfig::new(dir.path(), 8 * 1024);
         config.segment_bytes = 2 * 1024;
         let (mut spool, _) = Spool::open(config).unwrap();
-        let written: Vec<SpooledBatch> = (0..100).map(|i| batch(&mut spool, 5, &format!("{i:03}"))).collect();
+        let written: Vec<SpooledBatch> = (0..100)
+            .map(|i| batch(&mut spool, 5, &format!("{i:03}")))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
             assert!(spool.bytes() <= 8 * 1024);
@@ -846,9 +952,17 @@ mod tests {
 
         let kept = drain(&mut spool);
         assert!(!kept.is_empty());
-        assert_eq!(kept.last().unwrap(), written.last().unwrap(), "newest batch is kept");
+        assert_eq!(
+            kept.last().unwrap(),
+            written.last().unwrap(),
+            "newest batch is kept"
+        );
         let first_kept = written.iter().position(|b| b.seq == kept[0].seq).unwrap();
-        assert_eq!(kept, written[first_kept..].to_vec(), "only the oldest were dropped");
+        assert_eq!(
+            kept,
+            written[first_kept..].to_vec(),
+            "only the oldest were dropped"
+        );
 
         let drops = spool.take_drops();
         assert_eq!(drops.len(), 1);
@@ -856,7 +970,10 @@ mod tests {
         assert_eq!(reason, DropReason::SpoolFull);
         assert_eq!(count.batches, first_kept as u64);
         assert_eq!(count.events, 5 * first_kept as u64);
-        let lost_bytes: usize = written[..first_kept].iter().map(SpooledBatch::payload_bytes).sum();
+        let lost_bytes: usize = written[..first_kept]
+            .iter()
+            .map(SpooledBatch::payload_bytes)
+            .sum();
         assert_eq!(count.bytes, lost_bytes as u64);
         assert!(spool.take_drops().is_empty(), "drops are taken once");
     }
@@ -867,7 +984,9 @@ mod tests {
         let mut config = SpoolConfig::new(dir.path(), 4 * 1024);
         config.segment_bytes = 4 * 1024;
         let (mut spool, _) = Spool::open(config).unwrap();
-        let first: Vec<SpooledBatch> = (0..10).map(|i| batch(&mut spool, 2, &i.to_string())).collect();
+        let first: Vec<SpooledBatch> = (0..10)
+            .map(|i| batch(&mut spool, 2, &i.to_string()))
+            .collect();
         for b in &first {
             spool.append(b).unwrap();
         }
@@ -878,7 +997,10 @@ mod tests {
         }
         for (reason, count) in spool.take_drops() {
             assert_eq!(reason, DropReason::SpoolFull);
-            assert!(count.batches < 40, "acked batches counted as lost: {count:?}");
+            assert!(
+                count.batches < 40,
+                "acked batches counted as lost: {count:?}"
+            );
         }
     }
 
@@ -887,7 +1009,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = SpoolConfig::new(dir.path(), 1 << 20);
         let (mut spool, _) = Spool::open(config.clone()).unwrap();
-        let written: Vec<SpooledBatch> = (0..5).map(|i| batch(&mut spool, 2, &i.to_string())).collect();
+        let written: Vec<SpooledBatch> = (0..5)
+            .map(|i| batch(&mut spool, 2, &i.to_string()))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
         }
@@ -905,10 +1029,17 @@ mod tests {
         assert_eq!(report.corrupt.batches, 1);
         assert_eq!(report.corrupt.bytes, entry_len as u64);
         let kept = drain(&mut spool);
-        let expected: Vec<SpooledBatch> =
-            written.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, b)| b.clone()).collect();
+        let expected: Vec<SpooledBatch> = written
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, b)| b.clone())
+            .collect();
         assert_eq!(kept, expected);
-        assert_eq!(spool.take_drops(), vec![(DropReason::SpoolCorrupt, report.corrupt)]);
+        assert_eq!(
+            spool.take_drops(),
+            vec![(DropReason::SpoolCorrupt, report.corrupt)]
+        );
     }
 
     #[test]
@@ -916,14 +1047,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = SpoolConfig::new(dir.path(), 1 << 20);
         let (mut spool, _) = Spool::open(config.clone()).unwrap();
-        let written: Vec<SpooledBatch> = (0..3).map(|i| batch(&mut spool, 2, &i.to_string())).collect();
+        let written: Vec<SpooledBatch> = (0..3)
+            .map(|i| batch(&mut spool, 2, &i.to_string()))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
         }
         drop(spool);
         let file = &segment_files(dir.path())[0];
         let len = fs::metadata(file).unwrap().len();
-        OpenOptions::new().write(true).open(file).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
 
         let (mut spool, report) = Spool::open(config).unwrap();
         assert_eq!(report.batches, 2);
@@ -939,7 +1077,11 @@ mod tests {
     #[test]
     fn garbage_segment_does_not_fail_open() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("seg-0000000000000007.pks"), vec![0x5a; 5000]).unwrap();
+        fs::write(
+            dir.path().join("seg-0000000000000007.pks"),
+            vec![0x5a; 5000],
+        )
+        .unwrap();
         let mut garbage = MAGIC.to_vec();
         garbage.extend_from_slice(&u32::MAX.to_le_bytes());
         garbage.extend_from_slice(&[1, 2, 3]);
@@ -959,7 +1101,9 @@ mod tests {
     fn entry_changed_after_open_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(SpoolConfig::new(dir.path(), 1 << 20)).unwrap();
-        let written: Vec<SpooledBatch> = (0..3).map(|i| batch(&mut spool, 2, &i.to_string())).collect();
+        let written: Vec<SpooledBatch> = (0..3)
+            .map(|i| batch(&mut spool, 2, &i.to_string()))
+            .collect();
         for b in &written {
             spool.append(b).unwrap();
         }
@@ -972,7 +1116,10 @@ mod tests {
             .write_all_at(b"XXXX", entry_len + 20)
             .unwrap();
 
-        assert_eq!(drain(&mut spool), vec![written[0].clone(), written[2].clone()]);
+        assert_eq!(
+            drain(&mut spool),
+            vec![written[0].clone(), written[2].clone()]
+        );
         let drops = spool.take_drops();
         assert_eq!(drops.len(), 1);
         assert_eq!(drops[0].0, DropReason::SpoolCorrupt);
