@@ -63,9 +63,9 @@ pub struct SpoolConfig {
 
 impl SpoolConfig {
     /// A config for `dir` bounded by `max_bytes`, with segments of a
-    /// sixteenth of the bound (at least 64 KiB, at most 8 MiB).
+    /// sixteenth of the bound (at least 4 KiB, at most 8 MiB).
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
-        let segment_bytes = (max_bytes / 16).clamp(64 * 1024, 8 * 1024 * 1024);
+        let segment_bytes = (max_bytes / 16).clamp(4 * 1024, 8 * 1024 * 1024);
         SpoolConfig {
             dir: dir.into(),
             max_bytes,

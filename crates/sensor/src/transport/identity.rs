@@ -39,7 +39,7 @@ pub enum IdentityError {
     },
 }
 
-/// Where the host identity came from.
+/// Source of the host identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySource {
     MachineId(PathBuf),
@@ -100,8 +100,8 @@ pub fn host_identity(
     })
 }
 
-/// A machine-id is 32 lower-case hex digits (machine-id(5)). systemd writes
-/// `uninitialized` during first boot, which must not identify a host.
+/// Checks the machine-id(5) format: 32 lower-case hex digits. systemd
+/// writes `uninitialized` during first boot, which must not identify a host.
 fn is_machine_id(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -114,7 +114,7 @@ fn hash_identity(machine_id: &str, key_id: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The host name: `$HOST_FS/etc/hostname`, else the kernel's host name of
+/// Reads the host name from `$HOST_FS/etc/hostname`, else the kernel's host name of
 /// the sensor's UTS namespace (the host's under `--net=host`/`hostNetwork`).
 pub fn default_hostname(host_fs: &Path) -> String {
     let from_host = fs::read_to_string(host_fs.join("etc/hostname")).ok();

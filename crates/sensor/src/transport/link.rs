@@ -36,7 +36,7 @@ pub(super) struct Outputs {
     pub stats: Arc<TransportStats>,
 }
 
-/// Why one session ended.
+/// Cause of a session's end.
 #[derive(Debug)]
 enum LinkError {
     Connect(String),
@@ -130,7 +130,7 @@ struct Dialer {
 }
 
 impl Dialer {
-    /// Connects, enrolls unless `saved` holds a credential for this key, and
+    /// Connects, enrolls unless `saved` contains a credential for this key, and
     /// opens the stream with `Hello`.
     async fn open(
         &self,
@@ -249,7 +249,9 @@ impl Dialer {
         outputs_enrollment: &watch::Sender<Option<Enrollment>>,
     ) -> Result<(SavedEnrollment, u64), LinkError> {
         let key = &self.config.key;
-        let secret = hex::decode(&key.secret).expect("key validation checked 64 hex digits");
+        // The secret travels as the key's 64 hex digits, the form the
+        // server hashes and compares.
+        let secret = key.secret.as_bytes().to_vec();
         let request = proto::EnrollRequest {
             org_id: key.org_id.clone(),
             key_id: key.key_id.clone(),
@@ -309,17 +311,21 @@ impl Dialer {
 fn classify_connect_error(error: &(dyn std::error::Error + 'static)) -> LinkError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if let Some(ConnectError::CertificateMismatch {
-            expected,
-            presented,
-        }) = cause.downcast_ref::<ConnectError>()
-        {
-            return LinkError::CertificateMismatch {
-                expected: expected.clone(),
-                presented: presented.clone(),
-            };
+        match cause.downcast_ref::<ConnectError>() {
+            Some(ConnectError::CertificateMismatch {
+                expected,
+                presented,
+            }) => {
+                return LinkError::CertificateMismatch {
+                    expected: expected.clone(),
+                    presented: presented.clone(),
+                };
+            }
+            // tonic's wrappers repeat the inner message, so the chain is
+            // reported from the pinned-TLS error down.
+            Some(own) => return LinkError::Connect(error_chain(own)),
+            None => source = cause.source(),
         }
-        source = cause.source();
     }
     LinkError::Connect(error_chain(error))
 }
@@ -342,7 +348,7 @@ pub(super) struct Link {
     paused_until: Option<Instant>,
 }
 
-/// How the connected phase ended.
+/// Outcome of the connected phase.
 enum SessionEnd {
     Drained,
     Lost(LinkError),
@@ -613,12 +619,9 @@ impl Link {
             LinkError::Rejected {
                 reason,
                 fatal: true,
-            }
-            | LinkError::EnrollRejected {
-                message: reason, ..
             } if self.saved.is_some() && !self.reenrolled => {
-                // The saved credential may be stale (for example the server's
-                // data was reset); enrolling again either returns a working
+                // A saved credential goes stale when the server's data is
+                // reset, for example. Enrolling again returns either a working
                 // credential for the same SID or a final rejection.
                 tracing::warn!(sid = %sid, reason = %reason, "server rejected the saved credential, enrolling again");
                 self.reenrolled = true;

@@ -62,7 +62,7 @@ pub struct TransportConfig {
     /// Default: the current directory, which is the image's WORKDIR in the
     /// container deployment.
     pub state_dir: PathBuf,
-    /// Where the host's `/` is mounted (`HOST_FS`). Default `/`.
+    /// Mount point of the host's `/` (`HOST_FS`). Default `/`.
     pub host_fs: PathBuf,
     pub sensor_version: String,
     /// Acquisition tier (`ebpf`, `cnproc`, `procscan`), sent in `Hello` for
@@ -207,7 +207,7 @@ impl TransportStats {
     }
 }
 
-/// What the transport did, returned when it ends without a fatal error.
+/// Counts returned when the transport ends without a fatal error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransportSummary {
     pub records_received: u64,

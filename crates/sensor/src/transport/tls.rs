@@ -130,7 +130,7 @@ impl ServerCertVerifier for PinnedCertVerifier {
     }
 }
 
-/// Where and how to connect: parsed once from the installation key.
+/// Pinned TLS client for the server named in the installation key.
 #[derive(Clone)]
 pub struct PinnedTls {
     host: String,
