@@ -575,6 +575,11 @@ impl Spool {
         std::mem::take(&mut self.drops)
     }
 
+    /// Returns true if drops were counted since the last [`Spool::take_drops`].
+    pub fn has_drops(&self) -> bool {
+        !self.drops.is_empty()
+    }
+
     fn record_drop(&mut self, reason: DropReason, count: DropCount) {
         match self.drops.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, total)) => total.add(count),

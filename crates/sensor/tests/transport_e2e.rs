@@ -49,6 +49,9 @@ struct HarnessConfig {
     spool_max_bytes: u64,
     drain_timeout_ms: u64,
     backoff_max_ms: u64,
+    /// Batch age limit; a long one makes every batch exactly
+    /// `batch_max_records` long.
+    flush_interval_ms: u64,
 }
 
 impl HarnessConfig {
@@ -65,6 +68,7 @@ impl HarnessConfig {
             spool_max_bytes: 64 << 20,
             drain_timeout_ms: 60_000,
             backoff_max_ms: 2_000,
+            flush_interval_ms: 50,
         }
     }
 }
@@ -125,7 +129,7 @@ async fn run_harness(config: HarnessConfig) -> HarnessReport {
     settings.spool_max_bytes = config.spool_max_bytes;
     settings.drain_timeout = Duration::from_millis(config.drain_timeout_ms);
     settings.backoff_max = Duration::from_millis(config.backoff_max_ms);
-    settings.flush_interval = Duration::from_millis(50);
+    settings.flush_interval = Duration::from_millis(config.flush_interval_ms);
     settings.tier = "test".into();
 
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
@@ -817,6 +821,7 @@ fn spool_bound_exceeded_sends_data_dropped() {
     // Server not started: everything goes to a 64 KiB spool.
     let mut offline = HarnessConfig::new(&key, &state, &host, 7, 5_000);
     offline.batch_max_records = 50;
+    offline.flush_interval_ms = 600_000;
     offline.spool_max_bytes = 64 * 1024;
     offline.drain_timeout_ms = 1_000;
     let (report, code) = run_harness_to_end(
@@ -848,7 +853,11 @@ fn spool_bound_exceeded_sends_data_dropped() {
         5_000,
         "every event is stored or counted as dropped"
     );
-    assert!(lost_batches > 0);
+    assert_eq!(
+        lost_events,
+        lost_batches * 50,
+        "only whole batches of 50 are dropped"
+    );
     // Oldest first: what survived is the newest, contiguous tail.
     let first_kept = 5_000 - stored.len() as u64;
     assert_eq!(stored, expected_ids(7, first_kept..5_000));
@@ -865,6 +874,7 @@ fn corrupt_spool_file_is_skipped_and_counted() {
 
     let mut offline = HarnessConfig::new(&key, &state, &host, 8, 300);
     offline.batch_max_records = 10;
+    offline.flush_interval_ms = 600_000;
     offline.drain_timeout_ms = 500;
     let (report, code) = run_harness_to_end(
         &offline,

@@ -398,7 +398,10 @@ impl Link {
         mut self,
         mut records: mpsc::Receiver<Record>,
     ) -> Result<TransportSummary, TransportError> {
-        let mut flush = tokio::time::interval(self.flush_interval);
+        // The first tick comes after one interval, so the first batch is not
+        // sealed with whatever arrived before the loop started.
+        let mut flush =
+            tokio::time::interval_at(Instant::now() + self.flush_interval, self.flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut delay = Duration::ZERO;
 
@@ -553,8 +556,13 @@ impl Link {
                 }
             }
 
-            if !self.input_open && self.outbox.is_drained() {
-                return SessionEnd::Drained;
+            if !self.input_open {
+                // No more records will come, so waiting for the flush tick
+                // only delays the last batch.
+                self.flush(true);
+                if self.outbox.is_drained() {
+                    return SessionEnd::Drained;
+                }
             }
         }
     }

@@ -105,29 +105,30 @@ impl Outbox {
     }
 
     /// Seals the pending records into a batch and queues it. While
-    /// connected it then queues a `DATA_DROPPED` record for the drops
-    /// counted so far, which travels in the next batch. While disconnected
-    /// the counts wait in memory, because a record put in the spool could be
-    /// dropped in turn and take the counts with it.
+    /// connected a `DATA_DROPPED` record for the drops counted so far joins
+    /// the batch first. While disconnected the counts wait in memory, because
+    /// a record put in the spool could be dropped in turn and take the counts
+    /// with it.
     pub fn flush(&mut self, connected: bool) {
-        if !self.pending.is_empty() {
-            let records = std::mem::take(&mut self.pending);
-            self.pending_bytes = 0;
-            match self.spool.next_seq() {
-                Ok(seq) => self.store(SpooledBatch { seq, records }, connected),
-                Err(error) => {
-                    self.log_spool_error(&error, "failed to reserve sequence numbers");
-                    let count = DropCount {
-                        batches: 1,
-                        events: records.len() as u64,
-                        bytes: records.iter().map(|r| r.len() as u64).sum(),
-                    };
-                    add_drop(&mut self.own_drops, DropReason::SpoolWriteFailed, count);
-                }
-            }
-        }
         if connected {
             self.queue_drop_records();
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        match self.spool.next_seq() {
+            Ok(seq) => self.store(SpooledBatch { seq, records }, connected),
+            Err(error) => {
+                self.log_spool_error(&error, "failed to reserve sequence numbers");
+                let count = DropCount {
+                    batches: 1,
+                    events: records.len() as u64,
+                    bytes: records.iter().map(|r| r.len() as u64).sum(),
+                };
+                add_drop(&mut self.own_drops, DropReason::SpoolWriteFailed, count);
+            }
         }
     }
 
@@ -255,7 +256,11 @@ impl Outbox {
     /// Returns true if nothing is waiting: no pending record and no
     /// unacknowledged batch.
     pub fn is_drained(&self) -> bool {
-        self.pending.is_empty() && self.memory.is_empty() && !self.spool.has_after(self.acked)
+        self.pending.is_empty()
+            && self.memory.is_empty()
+            && !self.spool.has_after(self.acked)
+            && self.own_drops.is_empty()
+            && !self.spool.has_drops()
     }
 
     pub fn acked_seq(&self) -> u64 {
