@@ -7,10 +7,9 @@
 //! record's `event_id` encodes its run and number, so the tests count
 //! exactly which events the server stored.
 //!
-//! The server binary is `$PICKET_SERVER_BIN`, else `picket-server` next to
-//! this test's `deps/` directory (`cargo build -p picket-server` puts it
-//! there). Without it the tests print `skipped:` and pass, or fail when
-//! `CI=true`.
+//! The server binary is `$PICKET_SERVER_BIN`, else the tests run
+//! `cargo build -p picket-server` once and use the result. When that fails
+//! the tests print `skipped:` and pass, or fail when `CI=true`.
 //!
 //! `PICKET_OUTAGE_SECS` sets how long the server stays down in
 //! `server_down_then_back_delivers_everything` (default 60).
@@ -208,23 +207,55 @@ fn event_id(run: u32, n: u64) -> String {
 // Parent side: server, admin CLI, harness processes.
 
 fn server_binary() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     if let Some(path) = std::env::var_os("PICKET_SERVER_BIN") {
         return Some(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.parent()?.join("picket-server");
-    if candidate.exists() {
-        return Some(candidate);
+    match BUILT.get_or_init(build_server) {
+        Ok(path) => Some(path.clone()),
+        Err(message) if std::env::var("CI").as_deref() == Ok("true") => panic!("{message}"),
+        Err(message) => {
+            println!("skipped: {message}");
+            None
+        }
     }
-    let message = format!(
-        "picket-server binary not found at {} and PICKET_SERVER_BIN is not set; run `cargo build -p picket-server` first",
-        candidate.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{message}");
+}
+
+/// Builds `picket-server` from this checkout into the target directory this
+/// test runs from, so the server under test matches the sensor's source.
+/// Cargo does not hold its build lock while tests run, so this does not
+/// wait on the `cargo test` that started us.
+fn build_server() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("test binary is not in <target>/<profile>/deps")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+    let target_dir = profile_dir
+        .parent()
+        .ok_or("test binary has no target directory")?;
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", "picket-server", "--target-dir"])
+        .arg(target_dir);
+    if profile_dir.ends_with("release") {
+        command.arg("--release");
     }
-    println!("skipped: {message}");
-    None
+    let output = command
+        .output()
+        .map_err(|e| format!("failed to run {cargo} to build picket-server: {e}"))?;
+    let binary = profile_dir.join("picket-server");
+    if !output.status.success() || !binary.exists() {
+        return Err(format!(
+            "`cargo build -p picket-server` failed, so there is no server to test against; set \
+             PICKET_SERVER_BIN to use a prebuilt one: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(binary)
 }
 
 fn free_port() -> u16 {
