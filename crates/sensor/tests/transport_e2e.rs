@@ -51,6 +51,8 @@ struct HarnessConfig {
     /// Batch age limit; a long one makes every batch exactly
     /// `batch_max_records` long.
     flush_interval_ms: u64,
+    /// Print `SENT <n>` after every 100 records handed to the transport.
+    progress: bool,
 }
 
 impl HarnessConfig {
@@ -68,6 +70,7 @@ impl HarnessConfig {
             drain_timeout_ms: 60_000,
             backoff_max_ms: 2_000,
             flush_interval_ms: 50,
+            progress: false,
         }
     }
 }
@@ -162,6 +165,9 @@ async fn run_harness(config: HarnessConfig) -> HarnessReport {
         record.routing.event_id = event_id(config.run, n);
         record.set("RUN", config.run).set("N", n);
         tx.send(record).await.unwrap();
+        if config.progress && (n + 1) % 100 == 0 {
+            println!("\nSENT {}", n + 1);
+        }
         if config.rate > 0 {
             let due =
                 start + Duration::from_secs_f64((n - config.first + 1) as f64 / config.rate as f64);
@@ -473,6 +479,30 @@ impl Harness {
                 return sid.trim().to_owned();
             }
         }
+    }
+
+    /// Waits until the child has handed at least `n` records to the
+    /// transport and returns the count it reported.
+    fn wait_sent(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stdout_lines
+                .recv_timeout(left)
+                .expect("harness progress stalled");
+            if let Some((_, sent)) = line.split_once("SENT ") {
+                let sent: u64 = sent.trim().parse().unwrap();
+                if sent >= n {
+                    return sent;
+                }
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Waits for the child to exit and returns its report and exit code.
@@ -944,4 +974,86 @@ fn corrupt_spool_file_is_skipped_and_counted() {
     let (_, corrupt_batches, records) = dropped(&server, "spool_corrupt");
     assert_eq!(records, 1);
     assert_eq!(corrupt_batches, 1);
+}
+
+#[test]
+fn sensor_kill9_while_offline_resends_spool() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    let state = dir.path().join("state");
+    let host = host_fs(dir.path());
+
+    // Server not started: batches go to the spool until the kill.
+    let mut offline = HarnessConfig::new(&key, &state, &host, 9, 1_000_000);
+    offline.rate = 1_000;
+    offline.batch_max_records = 100;
+    offline.progress = true;
+    let harness = Harness::start(&offline, &dir.path().join("sensor-1.log"));
+    let sent = harness.wait_sent(3_000, Duration::from_secs(60));
+    harness.kill9();
+
+    server.start();
+    let mut online = offline.clone();
+    online.count = 0;
+    online.progress = false;
+    online.drain_timeout_ms = 30_000;
+    let (report, code) = run_harness_to_end(
+        &online,
+        &dir.path().join("sensor-2.log"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{report:?}");
+    assert_eq!(report.spooled_batches, 0);
+
+    let stored = server.stored_test_events();
+    let delivered = stored.len() as u64;
+    // Records still in the channel or in the unsealed batch die with the
+    // process: at most one batch plus what arrived within one flush interval.
+    assert!(
+        delivered + 200 >= sent,
+        "only {delivered} of {sent} records survived kill -9"
+    );
+    assert_stored_exactly_once(&stored, &expected_ids(9, 0..delivered));
+}
+
+#[test]
+fn foreign_key_is_rejected() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+    let valid = InstallationKey::decode(&key).unwrap();
+    let other_org = server.admin(&["org", "create", "other"]).trim().to_owned();
+
+    let mut unknown_key = valid.clone();
+    unknown_key.key_id = uuid::Uuid::new_v4().to_string();
+    let mut wrong_org = valid.clone();
+    wrong_org.org_id = other_org;
+    let mut wrong_secret = valid.clone();
+    wrong_secret.secret = "0".repeat(64);
+
+    for (name, key, expected) in [
+        ("unknown key id", unknown_key, "PermissionDenied"),
+        ("other org", wrong_org, "PermissionDenied"),
+        ("wrong secret", wrong_secret, "Unauthenticated"),
+    ] {
+        let state = dir.path().join(name.replace(' ', "-"));
+        let config = HarnessConfig::new(&key.encode(), &state, &host_fs(&state), 10, 5);
+        let (report, code) = run_harness_to_end(
+            &config,
+            &state.with_extension("log"),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, 2, "{name}: {report:?}");
+        let error = report.error.unwrap_or_default();
+        assert!(
+            error.contains("rejected the installation key") && error.contains(expected),
+            "{name}: {error}"
+        );
+        assert_eq!(report.sid, None, "{name}");
+    }
+    assert!(server.stored_test_events().is_empty());
 }

@@ -29,7 +29,7 @@ mod link;
 mod outbox;
 mod tls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -252,6 +252,37 @@ pub enum TransportError {
     Rejected { sid: String, reason: String },
 }
 
+/// Returns `wanted` if the sensor can write there, else a directory under
+/// the system temporary directory. A read-only WORKDIR (for example a pod
+/// with `readOnlyRootFilesystem`) must not stop the sensor, but the fallback
+/// loses the spool and the saved enrollment when the container restarts.
+fn usable_state_dir(wanted: &Path) -> Result<PathBuf, TransportError> {
+    let error = match check_writable(wanted) {
+        Ok(()) => return Ok(wanted.to_owned()),
+        Err(error) => error,
+    };
+    let fallback = std::env::temp_dir().join("picket-sensor");
+    check_writable(&fallback).map_err(|source| TransportError::StateDir {
+        path: wanted.to_owned(),
+        source,
+    })?;
+    tracing::error!(
+        wanted = %wanted.display(),
+        %error,
+        using = %fallback.display(),
+        "state dir is not writable; spooled batches and the enrollment will not survive a container restart"
+    );
+    Ok(fallback)
+}
+
+/// Creates `dir` if needed and writes and removes a probe file in it.
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".picket-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 /// Starts the transport task on the current tokio runtime.
 ///
 /// Fails only on local problems found before any network traffic (state
@@ -260,15 +291,12 @@ pub enum TransportError {
 /// The task ends with an error only when the server rejects the key or the
 /// sensor for good.
 pub fn spawn(
-    config: TransportConfig,
+    mut config: TransportConfig,
     records: mpsc::Receiver<Record>,
 ) -> Result<TransportHandle, TransportError> {
     let tls =
         PinnedTls::new(&config.key.url, &config.key.cert_sha256).map_err(TransportError::Url)?;
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| TransportError::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    })?;
+    config.state_dir = usable_state_dir(&config.state_dir)?;
     let identity = host_identity(&config.host_fs, &config.key.key_id, &config.state_dir)
         .map_err(TransportError::Identity)?;
 
@@ -309,4 +337,20 @@ pub fn spawn(
         stats,
         join,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_falls_back_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(usable_state_dir(dir.path()).unwrap(), dir.path());
+
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let chosen = usable_state_dir(&file).unwrap();
+        assert_eq!(chosen, std::env::temp_dir().join("picket-sensor"));
+    }
 }
