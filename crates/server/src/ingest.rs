@@ -528,6 +528,11 @@ impl Session {
                     // Garbage, truncated or oversized frames end up here; only
                     // this sensor's stream ends.
                     tracing::warn!(%sid, code = ?status.code(), reason = status.message(), "sensor stream failed");
+                    let reply = Status::new(
+                        status.code(),
+                        format!("the stream failed: {}", status.message()),
+                    );
+                    let _ = self.out.send(Err(reply)).await;
                     break;
                 }
             };
