@@ -1057,3 +1057,34 @@ fn foreign_key_is_rejected() {
     }
     assert!(server.stored_test_events().is_empty());
 }
+
+#[test]
+fn slow_stream_stays_on_one_connection() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+
+    // 45 s at 4 records/s: longer than the connect timeout, the HTTP/2
+    // keep-alive interval and the server's Hello timeout together.
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        11,
+        180,
+    );
+    config.rate = 4;
+    let (report, code) = run_harness_to_end(
+        &config,
+        &dir.path().join("sensor.log"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "{report:?}");
+    assert_eq!(
+        report.connects, 1,
+        "the stream was never re-opened: {report:?}"
+    );
+    assert_stored_exactly_once(&server.stored_test_events(), &expected_ids(11, 0..180));
+}

@@ -228,7 +228,6 @@ impl Dialer {
             .map_err(|e| LinkError::Connect(error_chain(&e)))?
             .origin(origin)
             .connect_timeout(self.config.connect_timeout)
-            .timeout(self.config.connect_timeout.max(Duration::from_secs(1)) * 3)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
@@ -444,20 +443,15 @@ impl Link {
         let saved = self.saved.clone();
         let first_unacked = self.outbox.acked_seq() + 1;
         let enrollment_tx = self.outputs.enrollment.clone();
+        let status_tx = self.outputs.status.clone();
         let open = async move {
             tokio::time::sleep(delay).await;
+            status_tx.send_replace(LinkStatus::Connecting { attempt });
             dialer.open(saved, first_unacked, &enrollment_tx).await
         };
         tokio::pin!(open);
-        let mut announced = false;
 
         loop {
-            if !announced && delay.is_zero() {
-                self.outputs
-                    .status
-                    .send_replace(LinkStatus::Connecting { attempt });
-                announced = true;
-            }
             tokio::select! {
                 result = &mut open => return Some(result),
                 record = records.recv(), if self.input_open => self.on_record(record, false),
