@@ -331,6 +331,12 @@ impl Server {
     }
 
     fn start(&mut self) {
+        self.start_with_min_free_mb(1);
+    }
+
+    /// Starts the server; it refuses to store batches while its file system
+    /// has less than `min_free_mb` MiB free.
+    fn start_with_min_free_mb(&mut self, min_free_mb: u64) {
         assert!(self.child.is_none());
         let log =
             std::fs::File::create(self.data.join(format!("serve-{}.log", now_nanos()))).unwrap();
@@ -343,7 +349,7 @@ impl Server {
                 &format!("127.0.0.1:{}", self.grpc_port),
             ])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--min-free-mb", "1"])
+            .args(["--min-free-mb", &min_free_mb.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1087,4 +1093,77 @@ fn slow_stream_stays_on_one_connection() {
         "the stream was never re-opened: {report:?}"
     );
     assert_stored_exactly_once(&server.stored_test_events(), &expected_ids(11, 0..180));
+}
+
+#[test]
+fn server_disk_full_backoff_is_honoured() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    // More free space than any test machine has: every batch write fails
+    // as "disk full", and the server asks the sensor to back off.
+    server.start_with_min_free_mb(1 << 40);
+
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        12,
+        20,
+    );
+    config.drain_timeout_ms = 180_000;
+    config.backoff_max_ms = 1_000;
+    let log = dir.path().join("sensor.log");
+    let harness = Harness::start(&config, &log);
+    harness.wait_sid(Duration::from_secs(30));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let backoff_line = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("server requested back-off"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no back-off request within 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let requested: u64 = field(&backoff_line, "seconds").parse().unwrap();
+    assert!(requested >= 2, "{backoff_line}");
+
+    // The retry delay after the stream fails follows the server's request,
+    // not the sensor's own 1 s maximum.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let after = &text[text.find("server requested back-off").unwrap()..];
+    let retry = after
+        .lines()
+        .find(|l| l.contains("link down, retrying"))
+        .expect("stream failed after back-off");
+    let retry_ms: u64 = field(retry, "retry_in_ms").parse().unwrap();
+    assert!(
+        retry_ms + 1_000 >= requested * 1_000,
+        "retry in {retry_ms} ms, server asked for {requested} s"
+    );
+
+    server.kill9();
+    server.start();
+    let (report, code) = harness.finish(Duration::from_secs(requested + 120));
+    assert_eq!(code, 0, "{report:?}");
+    assert_stored_exactly_once(&server.stored_test_events(), &expected_ids(12, 0..20));
+}
+
+/// Returns the value of `name=value` in a plain-text tracing line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 1;
+    line[start..].split_whitespace().next().unwrap()
 }
