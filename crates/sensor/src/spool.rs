@@ -24,9 +24,9 @@
 //! restarts. `meta.json` stores a reserved upper bound that is fsynced before
 //! any number below it is handed out, so after a crash the sensor continues
 //! above every number it may have used. The first number of a run is also at
-//! least the current time in microseconds since the Unix epoch, so a sensor
-//! that lost its whole state directory (and gets its old SID back from the
-//! server) still continues above the numbers of its earlier runs, unless the
+//! least the current time in microseconds since the Unix epoch. A sensor that
+//! lost its whole state directory gets its old SID back from the server, and
+//! this floor keeps its new numbers above those of its earlier runs unless the
 //! host clock went backwards. Numbers therefore have gaps between runs.
 
 use std::collections::VecDeque;
@@ -62,7 +62,7 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    /// A config for `dir` bounded by `max_bytes`, with segments of a
+    /// Builds a config for `dir` bounded by `max_bytes`, with segments of a
     /// sixteenth of the bound (at least 4 KiB, at most 8 MiB).
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         let segment_bytes = (max_bytes / 16).clamp(4 * 1024, 8 * 1024 * 1024);
@@ -106,7 +106,7 @@ impl SpooledBatch {
     }
 }
 
-/// Why batches were lost.
+/// Cause of lost batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
     /// The spool reached its size bound and deleted its oldest segment.
@@ -120,7 +120,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    /// The `REASON` value of the `DATA_DROPPED` event.
+    /// Returns the `REASON` value of the `DATA_DROPPED` event.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::SpoolFull => "spool_full",
@@ -153,7 +153,7 @@ impl DropCount {
     }
 }
 
-/// What [`Spool::open`] found on disk.
+/// Summary of the spool contents found by [`Spool::open`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OpenReport {
     /// Valid, unacknowledged batches that will be resent.

@@ -253,6 +253,7 @@ fn build_server() -> Result<PathBuf, String> {
     let output = command
         .output()
         .map_err(|e| format!("failed to run {cargo} to build picket-server: {e}"))?;
+
     let binary = profile_dir.join("picket-server");
     if !output.status.success() || !binary.exists() {
         return Err(format!(
@@ -1101,8 +1102,8 @@ fn server_disk_full_backoff_is_honoured() {
         return;
     };
     let key = server.create_key();
-    // More free space than any test machine has: every batch write fails
-    // as "disk full", and the server asks the sensor to back off.
+    // More free space than any test machine has, so every batch write fails
+    // as "disk full" and the server requests a back-off.
     server.start_with_min_free_mb(1 << 40);
 
     let mut config = HarnessConfig::new(

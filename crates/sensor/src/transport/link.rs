@@ -3,8 +3,8 @@
 //! One loop owns the outbox and alternates between two phases. While
 //! disconnected it waits out the back-off and dials; while connected it
 //! sends batches and applies the server's messages. In both phases it keeps
-//! reading records from the core, so a slow or absent server never blocks
-//! the collectors: batches made while disconnected go to the spool.
+//! reading records from the core, so a slow or absent server does not hold
+//! up the collectors. Batches made while disconnected go to the spool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

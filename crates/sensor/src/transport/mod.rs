@@ -252,22 +252,22 @@ pub enum TransportError {
     Rejected { sid: String, reason: String },
 }
 
-/// Returns `wanted` if the sensor can write there, else a directory under
+/// Returns `preferred` if the sensor can write there, else a directory under
 /// the system temporary directory. A read-only WORKDIR (for example a pod
 /// with `readOnlyRootFilesystem`) must not stop the sensor, but the fallback
 /// loses the spool and the saved enrollment when the container restarts.
-fn usable_state_dir(wanted: &Path) -> Result<PathBuf, TransportError> {
-    let error = match check_writable(wanted) {
-        Ok(()) => return Ok(wanted.to_owned()),
+fn usable_state_dir(preferred: &Path) -> Result<PathBuf, TransportError> {
+    let error = match check_writable(preferred) {
+        Ok(()) => return Ok(preferred.to_owned()),
         Err(error) => error,
     };
     let fallback = std::env::temp_dir().join("picket-sensor");
     check_writable(&fallback).map_err(|source| TransportError::StateDir {
-        path: wanted.to_owned(),
+        path: preferred.to_owned(),
         source,
     })?;
     tracing::error!(
-        wanted = %wanted.display(),
+        preferred = %preferred.display(),
         %error,
         using = %fallback.display(),
         "state dir is not writable; spooled batches and the enrollment will not survive a container restart"
