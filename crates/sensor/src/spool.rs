@@ -63,9 +63,13 @@ pub struct SpoolConfig {
 
 impl SpoolConfig {
     /// Builds a config for `dir` bounded by `max_bytes`, with segments of a
-    /// sixteenth of the bound (at least 4 KiB, at most 8 MiB).
+    /// sixteenth of the bound, at least 4 KiB and at most 8 MiB unless that
+    /// would make more than 64 segments. Every segment keeps a file
+    /// descriptor open, so the cap keeps a large spool within the usual
+    /// limit of 1,024 descriptors.
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
-        let segment_bytes = (max_bytes / 16).clamp(4 * 1024, 8 * 1024 * 1024);
+        let largest = (8 * 1024 * 1024).max(max_bytes / 64);
+        let segment_bytes = (max_bytes / 16).clamp(4 * 1024, largest);
         SpoolConfig {
             dir: dir.into(),
             max_bytes,
@@ -863,6 +867,13 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn segment_size_scales_with_bound() {
+        assert_eq!(SpoolConfig::new("/s", 64 << 20).segment_bytes, 4 << 20);
+        assert_eq!(SpoolConfig::new("/s", 16 << 10).segment_bytes, 4 << 10);
+        assert_eq!(SpoolConfig::new("/s", 10 << 30).segment_bytes, 160 << 20);
     }
 
     #[test]

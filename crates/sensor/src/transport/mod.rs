@@ -52,7 +52,8 @@ use crate::spool::{Spool, SpoolConfig, SpoolError};
 pub const KEY_ENV: &str = "LC_INSTALLATION_KEY";
 
 /// Settings of the transport. [`TransportConfig::new`] fills the defaults.
-#[derive(Debug, Clone)]
+/// Its `Debug` output leaves out the enrollment secret.
+#[derive(Clone)]
 pub struct TransportConfig {
     pub key: InstallationKey,
     /// `routing/hostname` of events made here and the host name sent at
@@ -95,6 +96,22 @@ pub struct TransportConfig {
     /// After the record channel closes, how long to wait for
     /// acknowledgements before spooling the rest. Default 10 s.
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("url", &self.key.url)
+            .field("org_id", &self.key.org_id)
+            .field("key_id", &self.key.key_id)
+            .field("cert_sha256", &self.key.cert_sha256)
+            .field("hostname", &self.hostname)
+            .field("state_dir", &self.state_dir)
+            .field("host_fs", &self.host_fs)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("memory_max_bytes", &self.memory_max_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TransportConfig {
