@@ -135,7 +135,14 @@ async fn run_harness(config: HarnessConfig) -> HarnessReport {
     settings.tier = "test".into();
 
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-    let handle = transport::spawn(settings, rx).expect("spawn transport");
+    let mut handle = transport::spawn(settings, rx).expect("spawn transport");
+    let (_, no_tasks) = tokio::sync::mpsc::channel(1);
+    let mut tasks = std::mem::replace(&mut handle.tasks, no_tasks);
+    tokio::spawn(async move {
+        while let Some(task) = tasks.recv().await {
+            println!("\nTASK {} {}", task.task_id, task.command);
+        }
+    });
     let mut status = handle.status.clone();
     let watcher = tokio::spawn(async move {
         let mut mismatch = None;
@@ -470,6 +477,22 @@ impl Harness {
         Harness {
             child,
             stdout_lines: rx,
+        }
+    }
+
+    /// Waits for a `TASK <id> <command>` line and returns id and command.
+    fn wait_task(&self, timeout: Duration) -> (String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stdout_lines
+                .recv_timeout(left)
+                .expect("no task reached the harness in time");
+            if let Some((_, task)) = line.split_once("TASK ") {
+                let (id, command) = task.trim().split_once(' ').unwrap();
+                return (id.to_owned(), command.to_owned());
+            }
         }
     }
 
@@ -1167,4 +1190,63 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
         + name.len()
         + 1;
     line[start..].split_whitespace().next().unwrap()
+}
+
+/// Sends one HTTP/1.1 request to the server's API and returns status and body.
+fn http_request(port: u16, method: &str, path: &str, api_key: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn server_task_reaches_task_channel() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+    let api_key = server
+        .admin(&["apikey", "create", "--org", &server.org])
+        .trim()
+        .to_owned();
+
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        13,
+        150,
+    );
+    config.rate = 10;
+    let harness = Harness::start(&config, &dir.path().join("sensor.log"));
+    let sid = harness.wait_sid(Duration::from_secs(30));
+
+    let body = format!(r#"{{"sid": "{sid}", "command": "os_processes"}}"#);
+    let (status, response) =
+        http_request(server.http_port, "POST", "/api/v1/tasks", &api_key, &body);
+    assert_eq!(status, 201, "{response}");
+    let queued: serde_json::Value = serde_json::from_str(&response).unwrap();
+
+    let (task_id, command) = harness.wait_task(Duration::from_secs(30));
+    assert_eq!(command, "os_processes");
+    assert_eq!(task_id, queued["id"].as_str().unwrap());
+    let (report, code) = harness.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{report:?}");
 }
