@@ -137,6 +137,9 @@ pub struct SavedEnrollment {
     pub key_id: String,
     pub sid: String,
     pub credential: String,
+    /// Tags of the installation key, applied by the server at enrollment.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl std::fmt::Debug for SavedEnrollment {
@@ -274,6 +277,7 @@ mod tests {
             key_id: "k".into(),
             sid: "s".into(),
             credential: "c".into(),
+            tags: vec!["prod".into()],
         };
         saved.save(state.path()).unwrap();
         assert_eq!(SavedEnrollment::load(state.path()), Some(saved.clone()));

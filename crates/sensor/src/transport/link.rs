@@ -284,6 +284,7 @@ impl Dialer {
             key_id: key.key_id.clone(),
             sid: response.sid.clone(),
             credential: response.credential,
+            tags: response.tags.clone(),
         };
         if let Err(error) = saved.save(&self.config.state_dir) {
             tracing::warn!(error = %error_chain(&error), "failed to save enrollment; the next start enrolls again");
@@ -483,7 +484,7 @@ impl Link {
             if current.is_none() {
                 current = Some(Enrollment {
                     sid: sid.clone(),
-                    tags: Vec::new(),
+                    tags: session.enrollment.tags.clone(),
                     reused: true,
                     instance_id: self.dialer.instance_id.clone(),
                 });
