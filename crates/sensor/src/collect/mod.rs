@@ -6,6 +6,9 @@
 //! from `$HOST_FS/proc` during enrichment, and flagged when the process was
 //! already gone.
 
+pub mod cnproc;
+pub mod procscan;
+
 /// The acquisition tier in use, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tier {
@@ -113,11 +116,16 @@ pub struct FileFact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fact {
     /// A process that was already running when the sensor started.
-    Existing { pid: u32 },
+    Existing {
+        pid: u32,
+    },
     Exec(ExecFact),
     Fork(ForkFact),
     Exit(ExitFact),
     File(FileFact),
     /// Data the collector lost, by reason (for example `ringbuf_reserve`).
-    Dropped { reason: &'static str, count: u64 },
+    Dropped {
+        reason: &'static str,
+        count: u64,
+    },
 }

@@ -1,0 +1,8 @@
+//! Processes: `/proc` readers and the table of live processes that
+//! enrichment joins facts against.
+
+pub mod procfs;
+pub mod table;
+
+pub use procfs::{read_process, ProcessInfo, ReadError};
+pub use table::{Entry, ProcessKey, ProcessTable};

@@ -1,0 +1,393 @@
+//! The run loop: tier selection, the enrichment thread and the outbound
+//! consumers.
+//!
+//! A tier is anything that sends [`Fact`]s into a bounded
+//! `std::sync::mpsc::SyncSender<Fact>` from its own thread. Selection tries
+//! eBPF, then the netlink process connector, then `/proc` polling, and
+//! records why each higher tier was not used; `--tier` names the highest
+//! tier to try. The reasons appear in the `CONNECTED` event and one log line.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use picket_event::{types, Record};
+use serde_json::{json, Map, Value};
+
+use crate::collect::{cnproc, procscan, Fact, Tier};
+use crate::config::{Config, TierChoice};
+use crate::enrich::{ContainerLookup, Enricher, Stats};
+use crate::hostfs::HostFs;
+use crate::namespaces::{HostFacts, NsState};
+use crate::output::{self, Outbound};
+
+/// Capacity of the fact queue between a tier and enrichment.
+pub const FACT_QUEUE: usize = 65_536;
+
+/// What a tier needs to start.
+pub struct TierContext {
+    pub fs: HostFs,
+    pub host: HostFacts,
+    pub poll_interval: Duration,
+    pub tx: SyncSender<Fact>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The running tier and why the higher ones are not running.
+pub struct Selection {
+    pub tier: Tier,
+    /// (tier, reason) for each tier above the one chosen.
+    pub skipped: Vec<(Tier, String)>,
+    pub threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("no acquisition tier could start: {reasons}")]
+    NoTier { reasons: String },
+}
+
+/// Starts the best tier allowed by `choice`.
+pub fn select_tier(choice: TierChoice, ctx: &TierContext) -> Result<Selection, SensorError> {
+    let highest = match choice {
+        TierChoice::Auto | TierChoice::Ebpf => Tier::Ebpf,
+        TierChoice::Netlink => Tier::Netlink,
+        TierChoice::Procpoll => Tier::ProcPoll,
+    };
+    let mut skipped = Vec::new();
+    for tier in [Tier::Ebpf, Tier::Netlink, Tier::ProcPoll] {
+        if tier < highest {
+            skipped.push((tier, format!("not tried: --tier {}", highest.name())));
+            continue;
+        }
+        match start_tier(tier, ctx) {
+            Ok(threads) => {
+                return Ok(Selection {
+                    tier,
+                    skipped,
+                    threads,
+                })
+            }
+            Err(reason) => skipped.push((tier, reason)),
+        }
+    }
+    let reasons = skipped
+        .iter()
+        .map(|(t, r)| format!("{}: {r}", t.name()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(SensorError::NoTier { reasons })
+}
+
+fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Vec<JoinHandle<()>>, String> {
+    match tier {
+        Tier::Ebpf => {
+            let collector = start_ebpf(ctx)?;
+            Ok(vec![collector, spawn_existing_scan(ctx)?])
+        }
+        Tier::Netlink => {
+            if ctx.host.pid_ns != NsState::Host {
+                return Err(match &ctx.host.pid_ns {
+                    NsState::Unknown(why) => format!("host PID namespace unknown ({why})"),
+                    _ => "not in the host PID namespace (run with --pid=host or hostPID: true); the kernel ignores process connector listeners in other PID namespaces".to_owned(),
+                });
+            }
+            let collector = cnproc::start(ctx.fs.clone(), ctx.tx.clone(), ctx.stop.clone())
+                .map_err(|e| error_chain(&e))?;
+            // Subscribed first, then scanned, so no process falls between.
+            Ok(vec![collector, spawn_existing_scan(ctx)?])
+        }
+        Tier::ProcPoll => {
+            let collector = procscan::start(
+                ctx.fs.clone(),
+                ctx.poll_interval,
+                ctx.tx.clone(),
+                ctx.stop.clone(),
+            )
+            .map_err(|e| format!("cannot read {}: {e}", ctx.fs.path("/proc").display()))?;
+            Ok(vec![collector])
+        }
+    }
+}
+
+/// SEAM(ebpf): the eBPF tier plugs in here. Wire it as
+/// `collect::ebpf::start(ctx.fs.clone(), ctx.tx.clone(), ctx.stop.clone())`,
+/// returning its thread or the reason it cannot run (no BTF, old kernel,
+/// missing capability).
+fn start_ebpf(_ctx: &TierContext) -> Result<JoinHandle<()>, String> {
+    Err("the eBPF tier is not built into this binary".to_owned())
+}
+
+/// SEAM(container): the container resolver plugs in here, as an adapter
+/// from `container::ContainerResolver::resolve` and
+/// `ContainerInfo::to_json` to [`ContainerLookup`]. Until then every
+/// process is reported as a host process.
+pub fn container_lookup(_fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLookup> {
+    if !host.cgroup_ns.attribution_available() {
+        tracing::warn!("container attribution unavailable: cgroup paths are not host paths");
+    }
+    Box::new(crate::enrich::NoContainers)
+}
+
+/// SEAM(container): what `explain cgroup` prints, from
+/// `container::explain_cgroup` once it exists.
+pub fn explain_cgroup(_text: &str) -> Value {
+    json!({"container_id": null, "runtime": null, "pod_uid": null, "error": "container attribution is not built into this binary"})
+}
+
+fn spawn_existing_scan(ctx: &TierContext) -> Result<JoinHandle<()>, String> {
+    let fs = ctx.fs.clone();
+    let tx = ctx.tx.clone();
+    std::thread::Builder::new()
+        .name("existing-scan".into())
+        .spawn(move || {
+            if let Err(e) = procscan::send_existing(&fs, &tx) {
+                tracing::error!(error = %e, "cannot list existing processes");
+            }
+        })
+        .map_err(|e| format!("cannot start the existing-process scan: {e}"))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The `CONNECTED` record: host name, tier and why higher tiers were not
+/// used, and the namespace facts.
+pub fn connected_record(host: &HostFacts, selection: &Selection) -> Record {
+    let mut record = Record::new(types::CONNECTED, &host.hostname);
+    let reasons: Map<String, Value> = selection
+        .skipped
+        .iter()
+        .map(|(tier, reason)| (tier.name().to_owned(), Value::String(reason.clone())))
+        .collect();
+    record
+        .set("HOST_NAME", host.hostname.as_str())
+        .set("IS_SEGREGATED", 0)
+        .set("KERNEL_ACQ_AVAILABLE", selection.tier == Tier::Ebpf)
+        .set("ACQUISITION_TIER", selection.tier.name())
+        .set("TIER_REASONS", Value::Object(reasons))
+        .set("NAMESPACES", host.to_json())
+        .set("KERNEL_VERSION", host.kernel_release.as_str())
+        .set("SENSOR_VERSION", env!("CARGO_PKG_VERSION"));
+    record
+}
+
+/// Runs the sensor until SIGINT or SIGTERM, or until every consumer is gone.
+pub async fn run(
+    config: Config,
+    host: HostFacts,
+    containers: Box<dyn ContainerLookup>,
+) -> anyhow::Result<()> {
+    let mut outbound = Outbound::new();
+    let mut sinks = Vec::new();
+    if config.stdout {
+        sinks.push(output::spawn_stdout(
+            outbound.subscribe(output::CHANNEL_CAPACITY),
+        ));
+    }
+    if config.key.is_some() {
+        // SEAM(transport): wire `transport::spawn(&config, rx)` here with
+        // `let rx = outbound.subscribe(output::CHANNEL_CAPACITY);`.
+        tracing::error!(
+            "the platform transport is not built into this binary; events are not sent"
+        );
+    }
+    if outbound.is_empty() {
+        anyhow::bail!("no output is available; run with --stdout");
+    }
+
+    let (tx, rx) = sync_channel(FACT_QUEUE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = TierContext {
+        fs: config.host_fs.clone(),
+        host: host.clone(),
+        poll_interval: config.poll_interval,
+        tx,
+        stop: stop.clone(),
+    };
+    let selection = select_tier(config.tier, &ctx)?;
+    drop(ctx);
+    log_selection(&selection);
+
+    let stats = Arc::new(Stats::default());
+    let connected = connected_record(&host, &selection);
+    let enricher = Enricher::new(
+        config.host_fs.clone(),
+        host.boot_id.clone(),
+        host.hostname.clone(),
+        containers,
+        stats.clone(),
+    );
+    let enrich_thread = std::thread::Builder::new()
+        .name("enrich".into())
+        .spawn(move || enrich_loop(enricher, rx, connected, outbound))?;
+
+    wait_for_shutdown(&stop).await;
+    tracing::info!("sensor stopping");
+    stop.store(true, Ordering::Relaxed);
+    for thread in selection.threads {
+        let _ = thread.join();
+    }
+    let _ = tokio::task::spawn_blocking(move || enrich_thread.join()).await;
+    for sink in sinks {
+        if let Ok(Err(e)) = sink.await {
+            tracing::warn!(error = %e, "output ended with an error");
+        }
+    }
+    tracing::info!(stats = %stats.to_json(), "sensor stopped");
+    Ok(())
+}
+
+fn log_selection(selection: &Selection) {
+    let reasons: Vec<String> = selection
+        .skipped
+        .iter()
+        .map(|(t, r)| format!("{}: {r}", t.name()))
+        .collect();
+    tracing::info!(tier = selection.tier.name(), not_used = %reasons.join("; "), "acquisition tier selected");
+}
+
+fn enrich_loop(
+    mut enricher: Enricher,
+    rx: Receiver<Fact>,
+    connected: Record,
+    mut outbound: Outbound,
+) {
+    if !outbound.send_blocking(connected) {
+        return;
+    }
+    let mut open = true;
+    for fact in rx {
+        enricher.handle(fact, &mut |record| {
+            if open && !outbound.send_blocking(record) {
+                open = false;
+            }
+        });
+        if !open {
+            tracing::info!("every output closed; enrichment stopped");
+            break;
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, or for the stop flag (set when every
+/// consumer is gone).
+async fn wait_for_shutdown(stop: &AtomicBool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = terminate.recv() => return,
+            _ = tick.tick() => {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespaces::CgroupNs;
+
+    fn host(pid_ns: NsState) -> HostFacts {
+        HostFacts {
+            pid_ns,
+            cgroup_ns: CgroupNs::Host,
+            boot_id: "b".into(),
+            hostname: "h".into(),
+            kernel_release: "6.1".into(),
+        }
+    }
+
+    #[test]
+    fn private_pid_namespace_falls_to_procpoll() {
+        let (tx, _rx) = sync_channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = TierContext {
+            fs: HostFs::new("/"),
+            host: host(NsState::Private),
+            poll_interval: Duration::from_millis(100),
+            tx,
+            stop: stop.clone(),
+        };
+        let selection = select_tier(TierChoice::Auto, &ctx).unwrap();
+        assert_eq!(selection.tier, Tier::ProcPoll);
+        assert_eq!(selection.skipped.len(), 2);
+        assert_eq!(selection.skipped[0].0, Tier::Ebpf);
+        assert_eq!(selection.skipped[1].0, Tier::Netlink);
+        assert!(
+            selection.skipped[1]
+                .1
+                .contains("not in the host PID namespace"),
+            "{}",
+            selection.skipped[1].1
+        );
+
+        let record = connected_record(&ctx.host, &selection);
+        assert_eq!(record.event["ACQUISITION_TIER"], "procpoll");
+        assert_eq!(record.event["KERNEL_ACQ_AVAILABLE"], false);
+        assert_eq!(record.event["NAMESPACES"]["PID_NAMESPACE"], "private");
+        assert!(record.event["TIER_REASONS"]["netlink"]
+            .as_str()
+            .unwrap()
+            .contains("PID namespace"));
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn forced_tier_records_skipped_reason() {
+        let (tx, _rx) = sync_channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = TierContext {
+            fs: HostFs::new("/"),
+            host: host(NsState::Host),
+            poll_interval: Duration::from_millis(100),
+            tx,
+            stop: stop.clone(),
+        };
+        let selection = select_tier(TierChoice::Procpoll, &ctx).unwrap();
+        assert_eq!(selection.tier, Tier::ProcPoll);
+        assert_eq!(selection.skipped[0].1, "not tried: --tier procpoll");
+        assert_eq!(selection.skipped[1].1, "not tried: --tier procpoll");
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn missing_proc_means_no_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = sync_channel(16);
+        let ctx = TierContext {
+            fs: HostFs::new(dir.path()),
+            host: host(NsState::Private),
+            poll_interval: Duration::from_millis(100),
+            tx,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let Err(SensorError::NoTier { reasons }) = select_tier(TierChoice::Auto, &ctx) else {
+            panic!("a tier started without /proc")
+        };
+        assert!(reasons.contains("procpoll: cannot read"), "{reasons}");
+    }
+}
