@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     init_logging();
 
     let result = match cli.command {
-        Some(Command::Explain(Explain::Cgroup { file })) => explain_cgroup(&file),
+        Some(Command::Explain(Explain::Cgroup { file })) => explain_cgroup(&host_fs, &file),
         Some(Command::Explain(Explain::Pid { pid })) => explain_pid(host_fs, cgroup_ns, pid),
         None => run_sensor(
             cli.key,
@@ -183,7 +183,7 @@ fn log_host_facts(host: &HostFacts) {
     tracing::info!(hostname = %host.hostname, boot_id = %host.boot_id, kernel = %host.kernel_release, "host identified");
 }
 
-fn explain_cgroup(file: &str) -> anyhow::Result<()> {
+fn explain_cgroup(host_fs: &HostFs, file: &str) -> anyhow::Result<()> {
     let text = if file == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -193,8 +193,7 @@ fn explain_cgroup(file: &str) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
     };
-    println!("{}", sensor::explain_cgroup(&text));
-    Ok(())
+    print_line(&sensor::explain_cgroup(host_fs, &text).to_string())
 }
 
 fn explain_pid(host_fs: HostFs, cgroup_ns: CgroupNs, pid: u32) -> anyhow::Result<()> {
@@ -207,7 +206,7 @@ fn explain_pid(host_fs: HostFs, cgroup_ns: CgroupNs, pid: u32) -> anyhow::Result
     let host = HostFacts::read(&host_fs, cgroup_ns);
     let containers = sensor::container_lookup(&host_fs, &host);
     let mut enricher = Enricher::new(
-        host_fs,
+        host_fs.clone(),
         host.boot_id.clone(),
         host.hostname.clone(),
         containers,
@@ -217,8 +216,19 @@ fn explain_pid(host_fs: HostFs, cgroup_ns: CgroupNs, pid: u32) -> anyhow::Result
         .explain_pid(pid)
         .with_context(|| format!("cannot read process {pid}"))?;
     let cgroup_text = report["cgroup"].as_str().unwrap_or_default().to_owned();
-    report["attribution"] = sensor::explain_cgroup(&cgroup_text);
+    report["attribution"] = sensor::explain_cgroup(&host_fs, &cgroup_text);
     report["namespaces"] = host.to_json();
-    println!("{report}");
-    Ok(())
+    print_line(&report.to_string())
+}
+
+/// Prints one line to stdout; a closed pipe (`| head`) is not an error.
+fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
 }

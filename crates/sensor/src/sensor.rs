@@ -7,6 +7,7 @@
 //! records why each higher tier was not used; `--tier` names the highest
 //! tier to try. The reasons appear in the `CONNECTED` event and one log line.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use picket_event::{types, Record};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::collect::{cnproc, procscan, Fact, Tier};
 use crate::config::{Config, TierChoice};
+use crate::container::{self, ContainerInfo, ContainerResolver, ResolverConfig};
 use crate::enrich::{ContainerLookup, Enricher, Stats};
 use crate::hostfs::HostFs;
 use crate::namespaces::{HostFacts, NsState};
@@ -120,21 +122,62 @@ fn start_ebpf(_ctx: &TierContext) -> Result<JoinHandle<()>, String> {
     Err("the eBPF tier is not built into this binary".to_owned())
 }
 
-/// SEAM(container): the container resolver plugs in here, as an adapter
-/// from `container::ContainerResolver::resolve` and
-/// `ContainerInfo::to_json` to [`ContainerLookup`]. Until then every
-/// process is reported as a host process.
-pub fn container_lookup(_fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLookup> {
+/// Builds the container lookup. In a private cgroup namespace that could
+/// not be left, `/proc/<pid>/cgroup` paths are relative to the sensor's own
+/// cgroup, so the resolver is given that cgroup's host path as a prefix when
+/// it can be found.
+pub fn container_lookup(fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLookup> {
+    let mut config = ResolverConfig::default();
     if !host.cgroup_ns.attribution_available() {
-        tracing::warn!("container attribution unavailable: cgroup paths are not host paths");
+        match container::find_host_cgroup_prefix(fs.root()) {
+            Ok(prefix) => {
+                tracing::warn!(prefix = ?prefix, "resolving container cgroups relative to the sensor's own cgroup");
+                config.cgroup_prefix = prefix;
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "container attribution unavailable: cgroup paths are not host paths")
+            }
+        }
     }
-    Box::new(crate::enrich::NoContainers)
+    Box::new(ResolverLookup {
+        resolver: ContainerResolver::with_config(fs.root(), config),
+        objects: HashMap::new(),
+    })
 }
 
-/// SEAM(container): what `explain cgroup` prints, from
-/// `container::explain_cgroup` once it exists.
-pub fn explain_cgroup(_text: &str) -> Value {
-    json!({"container_id": null, "runtime": null, "pod_uid": null, "error": "container attribution is not built into this binary"})
+/// Adapter from [`ContainerResolver`] to [`ContainerLookup`], keeping the
+/// `CONTAINER` object of each resolved container so it is built once.
+struct ResolverLookup {
+    resolver: ContainerResolver,
+    objects: HashMap<String, (Arc<ContainerInfo>, Arc<Value>)>,
+}
+
+/// Containers whose `CONTAINER` object is kept; past it the map is cleared.
+const CONTAINER_OBJECTS: usize = 4096;
+
+impl ContainerLookup for ResolverLookup {
+    fn lookup(&mut self, cgroup_text: &str) -> Option<Arc<Value>> {
+        let info = self.resolver.resolve(cgroup_text)?;
+        if let Some((cached, object)) = self.objects.get(&info.id) {
+            // The resolver hands out a new Arc when a retry found more.
+            if Arc::ptr_eq(cached, &info) {
+                return Some(object.clone());
+            }
+        }
+        if self.objects.len() >= CONTAINER_OBJECTS {
+            self.objects.clear();
+        }
+        let object = Arc::new(info.to_json());
+        self.objects.insert(info.id.clone(), (info, object.clone()));
+        Some(object)
+    }
+}
+
+/// What `explain cgroup` prints for `/proc/<pid>/cgroup` content, with the
+/// runtime metadata found under `$HOST_FS`.
+pub fn explain_cgroup(fs: &HostFs, text: &str) -> Value {
+    let resolver = ContainerResolver::new(fs.root());
+    container::explain_cgroup_with_metadata(&resolver, text)
 }
 
 fn spawn_existing_scan(ctx: &TierContext) -> Result<JoinHandle<()>, String> {
