@@ -5,8 +5,12 @@
 //! namespace, which makes it the tier of the non-hostPID deployment. What it
 //! cannot see:
 //! - processes that start and exit within one interval are not reported;
-//! - an exec that keeps the pid (a shell's `exec`, or a fork that execs
-//!   after the child was first seen) is not reported as a new process;
+//! - an exec that keeps the pid is reported only while the process is young
+//!   (first seen less than [`YOUNG_POLLS`] polls ago) and only when its
+//!   `comm` changes, so a long-lived shell's `exec`, or an exec of a program
+//!   with the same name, is not reported. Young processes are re-read because
+//!   container runtimes create every container process as `runc init` and
+//!   exec the real program a moment later;
 //! - a pid that exits and is reused within one interval is taken for the
 //!   same process;
 //! - exit codes are unknown, because the process is gone when noticed.
@@ -38,11 +42,26 @@ pub fn send_existing(fs: &HostFs, tx: &SyncSender<Fact>) -> std::io::Result<usiz
     Ok(sent)
 }
 
+/// Polls during which a new process is re-read to catch its exec.
+pub const YOUNG_POLLS: u32 = 30;
+/// Most young processes re-read per poll, so an exec storm of long-lived
+/// processes cannot make each poll read thousands of files.
+const MAX_YOUNG: usize = 1024;
+
+/// A recently seen process, re-read to catch an exec that keeps its pid.
+#[derive(Debug)]
+struct Young {
+    start_ticks: u64,
+    comm: Vec<u8>,
+    polls_left: u32,
+}
+
 /// State of the poller between two scans: pid to start time, with `None`
 /// for kernel threads, which are remembered so they are read only once.
 #[derive(Debug, Default)]
 pub struct Poller {
     known: HashMap<u32, Option<u64>>,
+    young: HashMap<u32, Young>,
 }
 
 impl Poller {
@@ -67,6 +86,7 @@ impl Poller {
 
         let mut facts = Vec::new();
         let present: std::collections::HashSet<u32> = current.iter().copied().collect();
+        self.young.retain(|pid, _| present.contains(pid));
         self.known.retain(|pid, start| {
             if present.contains(pid) {
                 return true;
@@ -82,6 +102,8 @@ impl Poller {
             false
         });
 
+        self.recheck_young(fs, now_ns, &mut facts);
+
         for pid in current {
             if self.known.contains_key(&pid) {
                 continue;
@@ -95,6 +117,16 @@ impl Poller {
                 continue;
             }
             self.known.insert(pid, Some(stat.start_ticks));
+            if self.young.len() < MAX_YOUNG {
+                self.young.insert(
+                    pid,
+                    Young {
+                        start_ticks: stat.start_ticks,
+                        comm: stat.comm.clone(),
+                        polls_left: YOUNG_POLLS,
+                    },
+                );
+            }
             facts.push(Fact::Exec(ExecFact {
                 pid,
                 ppid: Some(stat.ppid),
@@ -104,6 +136,33 @@ impl Poller {
             }));
         }
         Ok(facts)
+    }
+}
+
+impl Poller {
+    /// Reports an exec of a young process, seen as a new `comm` under the
+    /// same pid and start time.
+    fn recheck_young(&mut self, fs: &HostFs, now_ns: u64, facts: &mut Vec<Fact>) {
+        self.young.retain(|pid, young| {
+            young.polls_left = young.polls_left.saturating_sub(1);
+            let Ok(stat) = procfs::read_stat(fs, *pid) else {
+                return false;
+            };
+            if stat.start_ticks != young.start_ticks {
+                return false;
+            }
+            if stat.comm != young.comm {
+                young.comm = stat.comm;
+                facts.push(Fact::Exec(ExecFact {
+                    pid: *pid,
+                    ppid: Some(stat.ppid),
+                    start_ticks: Some(stat.start_ticks),
+                    time_ns: now_ns,
+                    details: None,
+                }));
+            }
+            young.polls_left > 0
+        });
     }
 }
 
@@ -181,6 +240,69 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn exec_of_young_process_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = HostFs::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        let mut poller = Poller::default();
+        poller.baseline(&fs).unwrap();
+        write_process(
+            dir.path(),
+            20,
+            1,
+            70,
+            "runc:[2:INIT]",
+            "/usr/bin/runc",
+            &[b"runc", b"init"],
+            0,
+            "",
+        );
+        assert_eq!(poller.poll(&fs).unwrap().len(), 1);
+        assert!(poller.poll(&fs).unwrap().is_empty(), "no change, no fact");
+        write_process(
+            dir.path(),
+            20,
+            1,
+            70,
+            "sleep",
+            "/bin/busybox",
+            &[b"sleep", b"120"],
+            0,
+            "",
+        );
+        let facts = poller.poll(&fs).unwrap();
+        assert!(
+            matches!(
+                &facts[..],
+                [Fact::Exec(ExecFact {
+                    pid: 20,
+                    start_ticks: Some(70),
+                    ..
+                })]
+            ),
+            "{facts:?}"
+        );
+        for _ in 0..YOUNG_POLLS {
+            poller.poll(&fs).unwrap();
+        }
+        write_process(
+            dir.path(),
+            20,
+            1,
+            70,
+            "other",
+            "/bin/other",
+            &[b"other"],
+            0,
+            "",
+        );
+        assert!(
+            poller.poll(&fs).unwrap().is_empty(),
+            "an old process is no longer re-read"
+        );
     }
 
     #[test]
