@@ -271,11 +271,17 @@ pub async fn run(
         containers,
         stats.clone(),
     );
-    let enrich_thread = std::thread::Builder::new()
-        .name("enrich".into())
-        .spawn(move || enrich_loop(enricher, rx, connected, outbound))?;
+    let enrich_thread = std::thread::Builder::new().name("enrich".into()).spawn({
+        let stop = stop.clone();
+        move || {
+            enrich_loop(enricher, rx, connected, outbound);
+            // Every output is closed or every tier ended: nothing more
+            // can be reported, so the sensor stops.
+            stop.store(true, Ordering::Relaxed);
+        }
+    })?;
 
-    wait_for_shutdown(&stop).await;
+    wait_for_shutdown(&stop, &stats).await;
     tracing::info!("sensor stopping");
     stop.store(true, Ordering::Relaxed);
     for thread in selection.threads {
@@ -323,9 +329,12 @@ fn enrich_loop(
     }
 }
 
-/// Waits for SIGINT or SIGTERM, or for the stop flag (set when every
-/// consumer is gone).
-async fn wait_for_shutdown(stop: &AtomicBool) {
+/// Interval of the counter log line.
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Waits for SIGINT or SIGTERM, or for the stop flag (set when enrichment
+/// ends), logging the counters every [`STATS_INTERVAL`].
+async fn wait_for_shutdown(stop: &AtomicBool, stats: &Stats) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -335,7 +344,8 @@ async fn wait_for_shutdown(stop: &AtomicBool) {
             return;
         }
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_stats = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
@@ -343,6 +353,10 @@ async fn wait_for_shutdown(stop: &AtomicBool) {
             _ = tick.tick() => {
                 if stop.load(Ordering::Relaxed) {
                     return;
+                }
+                if last_stats.elapsed() >= STATS_INTERVAL {
+                    last_stats = tokio::time::Instant::now();
+                    tracing::info!(stats = %stats.to_json(), "sensor counters");
                 }
             }
         }
