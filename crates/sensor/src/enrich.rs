@@ -26,7 +26,7 @@ use crate::collect::{ExecDetails, ExecFact, ExitFact, Fact, ForkFact};
 use crate::hostfs::{self, HostFs};
 use crate::process::procfs::{self, COMMAND_LINE_CAP};
 use crate::process::table::DEFAULT_CAPACITY;
-use crate::process::{Entry, ProcessInfo, ProcessKey, ProcessTable, ReadError};
+use crate::process::{Entry, Prefetch, ProcessInfo, ProcessKey, ProcessTable, ReadError};
 
 /// Container attribution as enrichment uses it: `/proc/<pid>/cgroup` content
 /// in, the `CONTAINER` object out (`None` for host processes).
@@ -176,6 +176,7 @@ pub struct Enricher {
     users: UserNames,
     containers: Box<dyn ContainerLookup>,
     stats: Arc<Stats>,
+    prefetch: Option<Arc<Prefetch>>,
 }
 
 impl Enricher {
@@ -195,7 +196,14 @@ impl Enricher {
             hostname,
             containers,
             stats,
+            prefetch: None,
         }
+    }
+
+    /// Uses details a tier read at exec time before reading `/proc`.
+    pub fn with_prefetch(mut self, prefetch: Arc<Prefetch>) -> Self {
+        self.prefetch = Some(prefetch);
+        self
     }
 
     pub fn table(&self) -> &ProcessTable {
@@ -269,6 +277,8 @@ impl Enricher {
 
         let entry = if let Some(details) = exec.details.clone() {
             self.entry_from_details(&exec, details, known.as_ref())
+        } else if let Some(info) = self.take_prefetched(&exec, expected_start) {
+            self.make_entry(info, false)
         } else {
             match self.read(exec.pid, expected_start) {
                 Some(info) => self.make_entry(info, false),
@@ -278,6 +288,19 @@ impl Enricher {
         let record = self.process_record(types::NEW_PROCESS, &entry, Some(exec.time_ns));
         self.insert_announced(entry);
         Some(record)
+    }
+
+    fn take_prefetched(
+        &mut self,
+        exec: &ExecFact,
+        expected_start: Option<u64>,
+    ) -> Option<ProcessInfo> {
+        let info = self.prefetch.as_ref()?.take(exec.pid, exec.time_ns)?;
+        if expected_start.is_some_and(|start| start != info.start_ticks) {
+            bump(&self.stats.pid_reused);
+            return None;
+        }
+        Some(info)
     }
 
     fn on_exit(&mut self, exit: ExitFact) -> Option<Record> {

@@ -63,22 +63,7 @@ impl HostFs {
         host_path: impl AsRef<Path>,
         cap: usize,
     ) -> io::Result<(Vec<u8>, usize)> {
-        let mut file = std::fs::File::open(self.path(host_path))?;
-        let mut kept = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let mut total = 0usize;
-        loop {
-            let n = match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let room = cap.saturating_sub(kept.len());
-            kept.extend_from_slice(&chunk[..n.min(room)]);
-            total += n;
-        }
-        Ok((kept, total))
+        read_capped_from(std::fs::File::open(self.path(host_path))?, cap)
     }
 
     /// Target of a symbolic link, as raw bytes.
@@ -111,6 +96,118 @@ impl HostFs {
     pub fn ns_id(&self, pid: u32, kind: &str) -> io::Result<NsId> {
         ns_id_at(&self.proc_path(pid, &format!("ns/{kind}")))
     }
+}
+
+/// An open `/proc/<pid>` directory. Files opened through it belong to that
+/// process even after its pid is reused: procfs ties the directory to the
+/// kernel's `struct pid`, and once the process is gone every read through it
+/// fails (ENOENT or ESRCH) instead of reaching the pid's new owner.
+#[derive(Debug)]
+pub struct ProcDir {
+    dir: OwnedFd,
+}
+
+impl HostFs {
+    /// Opens `$HOST_FS/proc/<pid>`.
+    pub fn open_proc_dir(&self, pid: u32) -> io::Result<ProcDir> {
+        let path = self.path(format!("/proc/{pid}"));
+        let c_path = c_string(&path)?;
+        // SAFETY: c_path is NUL-terminated; open takes no other pointers.
+        let fd = unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        Ok(ProcDir {
+            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+}
+
+impl ProcDir {
+    fn open(&self, name: &str) -> io::Result<std::fs::File> {
+        let c_name = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+        // SAFETY: c_name is NUL-terminated and the directory descriptor is open.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+    }
+
+    /// Reads the whole file `name` of this process.
+    pub fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.open(name)?.read_to_end(&mut data)?;
+        Ok(data)
+    }
+
+    pub fn read_to_string(&self, name: &str) -> io::Result<String> {
+        String::from_utf8(self.read(name)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Reads at most `cap` bytes of `name`; returns them with the full length.
+    pub fn read_capped(&self, name: &str, cap: usize) -> io::Result<(Vec<u8>, usize)> {
+        read_capped_from(self.open(name)?, cap)
+    }
+
+    /// Target of the symbolic link `name` (`exe`, `cwd`), as raw bytes.
+    pub fn read_link(&self, name: &str) -> io::Result<Vec<u8>> {
+        let c_name = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+        let mut buffer = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: c_name is NUL-terminated and buffer is valid for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                self.dir.as_raw_fd(),
+                c_name.as_ptr(),
+                buffer.as_mut_ptr() as *mut libc::c_char,
+                buffer.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buffer.truncate(n as usize);
+        Ok(buffer)
+    }
+}
+
+fn c_string(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn read_capped_from(mut file: std::fs::File, cap: usize) -> io::Result<(Vec<u8>, usize)> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut total = 0usize;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        total += n;
+    }
+    Ok((kept, total))
 }
 
 /// Identity of a namespace file at a path outside `$HOST_FS` (for example the
@@ -398,6 +495,40 @@ mod tests {
         let (kept, total) = fs.read_capped("/big", 100).unwrap();
         assert_eq!(kept.len(), 100);
         assert_eq!(total, 20_000);
+    }
+
+    #[test]
+    fn proc_dir_reads_own_process() {
+        let dir = HostFs::new("/").open_proc_dir(std::process::id()).unwrap();
+        let (cmdline, total) = dir.read_capped("cmdline", 4).unwrap();
+        assert_eq!(cmdline.len(), 4.min(total));
+        assert_eq!(
+            dir.read_link("exe").unwrap(),
+            std::fs::read_link("/proc/self/exe")
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+        );
+        assert!(dir
+            .read_to_string("stat")
+            .unwrap()
+            .starts_with(&format!("{} (", std::process::id())));
+    }
+
+    #[test]
+    fn proc_dir_of_exited_process_reads_nothing() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let dir = HostFs::new("/").open_proc_dir(child.id()).unwrap();
+        assert!(dir.read("cmdline").is_ok());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: the directory no longer reaches any process, even if the
+        // pid were given to a new one.
+        assert!(dir.read("stat").is_err());
+        assert!(dir.read_link("exe").is_err());
     }
 
     #[test]

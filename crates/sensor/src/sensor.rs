@@ -24,6 +24,7 @@ use crate::enrich::{ContainerLookup, Enricher, Stats};
 use crate::hostfs::HostFs;
 use crate::namespaces::{HostFacts, NsState};
 use crate::output::{self, Outbound};
+use crate::process::Prefetch;
 
 /// Capacity of the fact queue between a tier and enrichment.
 pub const FACT_QUEUE: usize = 65_536;
@@ -31,6 +32,8 @@ pub const FACT_QUEUE: usize = 65_536;
 /// What a tier needs to start.
 pub struct TierContext {
     pub fs: HostFs,
+    /// Details a tier read at exec time, for enrichment.
+    pub prefetch: Arc<Prefetch>,
     pub host: HostFacts,
     pub poll_interval: Duration,
     pub tx: SyncSender<Fact>,
@@ -96,8 +99,13 @@ fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Vec<JoinHandle<()>>, Stri
                     _ => "not in the host PID namespace (run with --pid=host or hostPID: true); the kernel ignores process connector listeners in other PID namespaces".to_owned(),
                 });
             }
-            let collector = cnproc::start(ctx.fs.clone(), ctx.tx.clone(), ctx.stop.clone())
-                .map_err(|e| error_chain(&e))?;
+            let collector = cnproc::start(
+                ctx.fs.clone(),
+                ctx.prefetch.clone(),
+                ctx.tx.clone(),
+                ctx.stop.clone(),
+            )
+            .map_err(|e| error_chain(&e))?;
             // Subscribed first, then scanned, so no process falls between.
             Ok(vec![collector, spawn_existing_scan(ctx)?])
         }
@@ -251,8 +259,10 @@ pub async fn run(
 
     let (tx, rx) = sync_channel(FACT_QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
+    let prefetch = Arc::new(Prefetch::default());
     let ctx = TierContext {
         fs: config.host_fs.clone(),
+        prefetch: prefetch.clone(),
         host: host.clone(),
         poll_interval: config.poll_interval,
         tx,
@@ -270,7 +280,8 @@ pub async fn run(
         host.hostname.clone(),
         containers,
         stats.clone(),
-    );
+    )
+    .with_prefetch(prefetch);
     let enrich_thread = std::thread::Builder::new().name("enrich".into()).spawn({
         let stop = stop.clone();
         move || {
@@ -384,6 +395,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = TierContext {
             fs: HostFs::new("/"),
+            prefetch: Arc::new(Prefetch::default()),
             host: host(NsState::Private),
             poll_interval: Duration::from_millis(100),
             tx,
@@ -419,6 +431,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = TierContext {
             fs: HostFs::new("/"),
+            prefetch: Arc::new(Prefetch::default()),
             host: host(NsState::Host),
             poll_interval: Duration::from_millis(100),
             tx,
@@ -437,6 +450,7 @@ mod tests {
         let (tx, _rx) = sync_channel(16);
         let ctx = TierContext {
             fs: HostFs::new(dir.path()),
+            prefetch: Arc::new(Prefetch::default()),
             host: host(NsState::Private),
             poll_interval: Duration::from_millis(100),
             tx,

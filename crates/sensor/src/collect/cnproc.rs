@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use super::{ExecFact, ExitFact, Fact, ForkFact};
 use crate::hostfs::{self, HostFs};
-use crate::process::procfs;
+use crate::process::{procfs, Prefetch};
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` from `<linux/connector.h>`.
 const CN_IDX_PROC: u32 = 1;
@@ -154,12 +156,29 @@ fn control_message(op: u32) -> Vec<u8> {
     buf
 }
 
+/// Most forked processes remembered; past it the map is cleared (a missed
+/// exit leaves an entry behind).
+const MAX_FORKS: usize = 131_072;
+
+/// What the fork event of a process told: its parent, and its start time
+/// when the child could still be read.
+#[derive(Debug, Clone, Copy)]
+struct Forked {
+    ppid: u32,
+    start_ticks: Option<u64>,
+}
+
 /// Converts connector events to facts. Thread events are dropped: a fork
 /// whose child is not a thread group leader is a new thread, and an exit of
 /// a non-leader is a thread's exit.
 struct Translator {
     fs: HostFs,
     realtime_offset_ns: i128,
+    prefetch: Arc<Prefetch>,
+    /// Each process forked since the sensor started and not yet exited. The
+    /// start time checks that an exec's `/proc` read is of the same process;
+    /// the parent is reported even when that read fails.
+    forks: HashMap<u32, Forked>,
 }
 
 impl Translator {
@@ -167,7 +186,7 @@ impl Translator {
         (monotonic_ns as i128 + self.realtime_offset_ns).max(0) as u64
     }
 
-    fn translate(&self, event: ProcEvent) -> Option<Fact> {
+    fn translate(&mut self, event: ProcEvent) -> Option<Fact> {
         match event {
             ProcEvent::Fork {
                 parent_tgid,
@@ -178,10 +197,19 @@ impl Translator {
                 // The start time is read now, while the child most likely
                 // still exists, so its atom is known even if it exits before
                 // its exec is handled.
+                let start_ticks = procfs::read_start_ticks(&self.fs, child_tgid);
+                if self.forks.len() >= MAX_FORKS {
+                    self.forks.clear();
+                }
+                let forked = Forked {
+                    ppid: parent_tgid,
+                    start_ticks,
+                };
+                self.forks.insert(child_tgid, forked);
                 Some(Fact::Fork(ForkFact {
                     pid: child_tgid,
                     ppid: parent_tgid,
-                    start_ticks: procfs::read_start_ticks(&self.fs, child_tgid),
+                    start_ticks,
                     time_ns: self.wall_ns(timestamp_ns),
                 }))
             }
@@ -189,26 +217,45 @@ impl Translator {
             // with the tgid, so the tgid is the process.
             ProcEvent::Exec {
                 tgid, timestamp_ns, ..
-            } => Some(Fact::Exec(ExecFact {
-                pid: tgid,
-                ppid: None,
-                start_ticks: None,
-                time_ns: self.wall_ns(timestamp_ns),
-                details: None,
-            })),
+            } => Some(Fact::Exec(self.exec_fact(tgid, timestamp_ns))),
             ProcEvent::Exit {
                 pid,
                 tgid,
                 exit_code,
                 timestamp_ns,
-            } if pid == tgid => Some(Fact::Exit(ExitFact {
-                pid: tgid,
-                start_ticks: None,
-                time_ns: self.wall_ns(timestamp_ns),
-                exit_status: Some(exit_code as i32),
-            })),
+            } if pid == tgid => {
+                self.forks.remove(&tgid);
+                Some(Fact::Exit(ExitFact {
+                    pid: tgid,
+                    start_ticks: None,
+                    time_ns: self.wall_ns(timestamp_ns),
+                    exit_status: Some(exit_code as i32),
+                }))
+            }
             _ => None,
         }
+    }
+
+    /// Reads the process right away and leaves its details in the prefetch
+    /// buffer, because a short-lived process is often gone by the time
+    /// enrichment gets to it.
+    fn exec_fact(&mut self, pid: u32, timestamp_ns: u64) -> ExecFact {
+        let time_ns = self.wall_ns(timestamp_ns);
+        let forked = self.forks.get(&pid).copied();
+        let known_start = forked.and_then(|f| f.start_ticks);
+        let mut fact = ExecFact {
+            pid,
+            ppid: forked.map(|f| f.ppid),
+            start_ticks: known_start,
+            time_ns,
+            details: None,
+        };
+        if let Ok(info) = procfs::read_process(&self.fs, pid, known_start) {
+            fact.ppid = Some(info.ppid);
+            fact.start_ticks = Some(info.start_ticks);
+            self.prefetch.insert(pid, time_ns, info);
+        }
+        fact
     }
 }
 
@@ -216,6 +263,7 @@ impl Translator {
 /// here mean the tier is unavailable; the caller falls back.
 pub fn start(
     fs: HostFs,
+    prefetch: Arc<Prefetch>,
     tx: SyncSender<Fact>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, CnProcError> {
@@ -229,6 +277,8 @@ pub fn start(
     let translator = Translator {
         fs,
         realtime_offset_ns: hostfs::realtime_offset_ns(),
+        prefetch,
+        forks: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("cnproc".into())
@@ -238,7 +288,7 @@ pub fn start(
 
 fn receive_loop(
     socket: OwnedFd,
-    translator: Translator,
+    mut translator: Translator,
     tx: SyncSender<Fact>,
     stop: Arc<AtomicBool>,
 ) {
@@ -352,9 +402,11 @@ mod tests {
 
     #[test]
     fn thread_events_are_dropped() {
-        let translator = Translator {
+        let mut translator = Translator {
             fs: HostFs::new("/nonexistent"),
             realtime_offset_ns: 0,
+            prefetch: Arc::new(Prefetch::default()),
+            forks: HashMap::new(),
         };
         let thread_fork = ProcEvent::Fork {
             parent_tgid: 10,
@@ -396,7 +448,8 @@ mod tests {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(100_000);
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = start(HostFs::new("/"), tx, stop.clone()).unwrap();
+        let prefetch = Arc::new(Prefetch::default());
+        let handle = start(HostFs::new("/"), prefetch.clone(), tx, stop.clone()).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
@@ -411,7 +464,14 @@ mod tests {
                     assert_eq!(f.ppid, std::process::id());
                     fork = true;
                 }
-                Ok(Fact::Exec(e)) if e.pid == pid => exec = true,
+                Ok(Fact::Exec(e)) if e.pid == pid => {
+                    // `true` may have exited before the read; when it did
+                    // not, the prefetched details are its own.
+                    if let Some(info) = prefetch.take(pid, e.time_ns) {
+                        assert_eq!(info.argv, vec![b"true".to_vec()]);
+                    }
+                    exec = true;
+                }
                 Ok(Fact::Exit(e)) if e.pid == pid => {
                     assert_eq!(e.exit_status, Some(0));
                     exit = true;

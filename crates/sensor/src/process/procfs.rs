@@ -170,12 +170,17 @@ pub fn split_cmdline(raw: &[u8]) -> Vec<Vec<u8>> {
 /// Reads one process. With `expected_start`, a pid whose start time differs
 /// is rejected as reused. Kernel threads are rejected with
 /// [`ReadError::KernelThread`]; zombies are returned with what is left.
+///
+/// All files are read through one open `/proc/<pid>` directory, so once the
+/// start time is checked every later read is of that same process or fails.
 pub fn read_process(
     fs: &HostFs,
     pid: u32,
     expected_start: Option<u64>,
 ) -> Result<ProcessInfo, ReadError> {
-    let stat = read_stat(fs, pid)?;
+    let dir = fs.open_proc_dir(pid).map_err(|e| io_error(pid, "", e))?;
+    let stat_text = dir.read("stat").map_err(|e| io_error(pid, "stat", e))?;
+    let stat = parse_stat(pid, &stat_text)?;
     check_start(pid, expected_start, stat.start_ticks)?;
     if stat.is_kernel_thread() {
         return Err(ReadError::KernelThread { pid });
@@ -199,29 +204,36 @@ pub fn read_process(
         return Ok(info);
     }
 
-    // exe, cwd and cmdline of another user's process need ptrace access
-    // (CAP_SYS_PTRACE); each is optional so one denial does not lose the rest.
-    info.exe = fs.read_link(format!("/proc/{pid}/exe")).ok();
-    info.cwd = fs.read_link(format!("/proc/{pid}/cwd")).ok();
-    if let Ok((raw, total)) = fs.read_capped(format!("/proc/{pid}/cmdline"), COMMAND_LINE_CAP) {
+    // The command line goes first: it is what a short-lived process loses
+    // first, and what a detection needs most. exe, cwd and cmdline of another
+    // user's process need ptrace access (CAP_SYS_PTRACE); each is optional so
+    // one denial does not lose the rest.
+    if let Ok((raw, total)) = dir.read_capped("cmdline", COMMAND_LINE_CAP) {
         info.cmdline_truncated = total > raw.len();
         info.cmdline_len = total;
         info.argv = split_cmdline(&raw);
     }
-    if let Ok(text) = fs.read_to_string(format!("/proc/{pid}/status")) {
+    info.exe = dir.read_link("exe").ok();
+    if let Ok(text) = dir.read_to_string("status") {
         let status = parse_status(&text);
         info.uid = status.uid;
         info.gid = status.gid;
         info.rss_bytes = status.rss_bytes;
     }
-    info.cgroup_text = fs
-        .read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap_or_default();
+    info.cwd = dir.read_link("cwd").ok();
+    info.cgroup_text = dir.read_to_string("cgroup").unwrap_or_default();
 
-    // A pid reused while we read would show a different start time now.
-    let after = read_stat(fs, pid)?;
-    check_start(pid, Some(stat.start_ticks), after.start_ticks)?;
-    info.zombie = after.is_zombie();
+    // A process that exits during the reads leaves the later ones empty; it
+    // is reported with what was read, flagged as a zombie when it still is.
+    match dir
+        .read("stat")
+        .ok()
+        .and_then(|text| parse_stat(pid, &text).ok())
+    {
+        Some(after) => info.zombie = after.is_zombie(),
+        None if info.argv.is_empty() && info.exe.is_none() => return Err(ReadError::Gone { pid }),
+        None => {}
+    }
     Ok(info)
 }
 
