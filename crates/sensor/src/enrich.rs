@@ -8,7 +8,7 @@
 //! object for containerised processes, and the `routing/this` and
 //! `routing/parent` atoms. A process that was gone before it could be read is
 //! still reported with `DETAILS_UNAVAILABLE: true` and what the tier itself
-//! saw; it is never filled from whatever process holds its pid now.
+//! saw. It is never filled from whatever process has its pid now.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -400,7 +400,14 @@ impl Enricher {
             ppid,
             start_ticks: start,
             exe: Some(details.exe),
-            cmdline_len: details.argv.iter().map(|a| a.len() + 1).sum(),
+            // NOTE: the kernel-side tier reports a cut argv without the
+            // original byte length, so a cut command line from it carries no
+            // COMMAND_LINE_LENGTH.
+            cmdline_len: if details.argv_truncated {
+                0
+            } else {
+                details.argv.iter().map(|a| a.len() + 1).sum()
+            },
             cmdline_truncated: details.argv_truncated,
             argv: details.argv,
             cwd: Some(details.cwd),
@@ -413,8 +420,8 @@ impl Enricher {
         self.make_entry(info, false)
     }
 
-    /// An entry for an exec whose process was gone (or its pid reused) before
-    /// `/proc` could be read. Without a start time no atom can be formed, but
+    /// Builds the entry for an exec whose process was gone (or its pid
+    /// reused) before `/proc` could be read. Without a start time no atom can be formed, but
     /// the event is still sent.
     fn unavailable_entry(
         &mut self,
@@ -502,7 +509,7 @@ impl Enricher {
         }
     }
 
-    /// A NEW_PROCESS or EXISTING_PROCESS record.
+    /// Builds a NEW_PROCESS or EXISTING_PROCESS record.
     fn process_record(&mut self, event_type: &str, entry: &Entry, time_ns: Option<u64>) -> Record {
         let mut record = Record::new(event_type, &self.hostname);
         self.set_routing(&mut record, entry);
@@ -528,7 +535,7 @@ impl Enricher {
         record
     }
 
-    /// The fields of one process, shared by the event and its `PARENT`.
+    /// Builds the fields of one process, shared by the event and its `PARENT`.
     fn process_fields(&mut self, entry: &Entry) -> Map<String, Value> {
         let info = &entry.info;
         let mut map = Map::new();
@@ -554,8 +561,10 @@ impl Enricher {
         }
         if info.cmdline_truncated {
             map.insert("COMMAND_LINE_TRUNCATED".into(), true.into());
-            map.insert("COMMAND_LINE_LENGTH".into(), info.cmdline_len.into());
-            map.insert("COMMAND_LINE_CAP".into(), COMMAND_LINE_CAP.into());
+            if info.cmdline_len > 0 {
+                map.insert("COMMAND_LINE_LENGTH".into(), info.cmdline_len.into());
+                map.insert("COMMAND_LINE_CAP".into(), COMMAND_LINE_CAP.into());
+            }
         }
         if let Some(cwd) = &info.cwd {
             put_bytes(&mut map, "WORKING_DIRECTORY", cwd);
@@ -761,7 +770,7 @@ mod tests {
     }
 
     #[test]
-    fn exec_on_reused_pid_is_not_filled_from_new_owner() {
+    fn exec_on_reused_pid_unfilled() {
         let (dir, mut enricher) = fixture();
         collect(
             &mut enricher,

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The host's root file system as the sensor sees it (`/` on the host,
+/// The host's root file system as mounted for the sensor (`/` on the host,
 /// `/rootfs` in the deployment container).
 #[derive(Debug, Clone)]
 pub struct HostFs {
@@ -99,9 +99,9 @@ impl HostFs {
 }
 
 /// An open `/proc/<pid>` directory. Files opened through it belong to that
-/// process even after its pid is reused: procfs ties the directory to the
-/// kernel's `struct pid`, and once the process is gone every read through it
-/// fails (ENOENT or ESRCH) instead of reaching the pid's new owner.
+/// process even after its pid is reused, because procfs ties the directory
+/// to the kernel's `struct pid`. Once the process is gone every read through
+/// it fails (ENOENT or ESRCH) instead of reaching the pid's new owner.
 #[derive(Debug)]
 pub struct ProcDir {
     dir: OwnedFd,
@@ -333,7 +333,7 @@ pub fn now_ns() -> u64 {
 /// `NETLINK_CONNECTOR` from `<linux/netlink.h>`.
 const NETLINK_CONNECTOR: libc::c_int = 11;
 
-/// A netlink connector socket bound to the multicast `group`.
+/// Opens a netlink connector socket bound to the multicast `group`.
 pub fn netlink_connector_socket(group: u32, receive_buffer: usize) -> io::Result<OwnedFd> {
     // SAFETY: socket takes no pointers.
     let fd = unsafe {

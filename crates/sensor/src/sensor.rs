@@ -4,7 +4,7 @@
 //! A tier is anything that sends [`Fact`]s into a bounded
 //! `std::sync::mpsc::SyncSender<Fact>` from its own thread. Selection tries
 //! eBPF, then the netlink process connector, then `/proc` polling, and
-//! records why each higher tier was not used; `--tier` names the highest
+//! records why each higher tier was not used. `--tier` names the highest
 //! tier to try. The reasons appear in the `CONNECTED` event and one log line.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ use crate::process::Prefetch;
 /// Capacity of the fact queue between a tier and enrichment.
 pub const FACT_QUEUE: usize = 65_536;
 
-/// What a tier needs to start.
+/// Inputs a tier needs to start.
 pub struct TierContext {
     pub fs: HostFs,
     /// Details a tier read at exec time, for enrichment.
@@ -181,8 +181,8 @@ impl ContainerLookup for ResolverLookup {
     }
 }
 
-/// What `explain cgroup` prints for `/proc/<pid>/cgroup` content, with the
-/// runtime metadata found under `$HOST_FS`.
+/// Builds what `explain cgroup` prints for `/proc/<pid>/cgroup` content,
+/// with the runtime metadata found under `$HOST_FS`.
 pub fn explain_cgroup(fs: &HostFs, text: &str) -> Value {
     let resolver = ContainerResolver::new(fs.root());
     container::explain_cgroup_with_metadata(&resolver, text)
@@ -212,8 +212,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The `CONNECTED` record: host name, tier and why higher tiers were not
-/// used, and the namespace facts.
+/// Builds the `CONNECTED` record: host name, tier, why higher tiers were
+/// not used, and the namespace facts.
 pub fn connected_record(host: &HostFacts, selection: &Selection) -> Record {
     let mut record = Record::new(types::CONNECTED, &host.hostname);
     let reasons: Map<String, Value> = selection

@@ -51,9 +51,9 @@ fn docker_ready() -> Result<(), String> {
     Ok(())
 }
 
-/// The binary under test: `PICKET_SENSOR_BIN` when set (a copy kept apart
-/// from a shared target directory that other builds overwrite), else the one
-/// Cargo built for this test.
+/// Returns the binary under test: `PICKET_SENSOR_BIN` when set (a copy kept
+/// apart from a shared target directory that other builds overwrite), else
+/// the one Cargo built for this test.
 fn sensor_binary() -> PathBuf {
     std::env::var_os("PICKET_SENSOR_BIN")
         .map(PathBuf::from)
@@ -145,7 +145,7 @@ impl Sensor {
         })
     }
 
-    /// The process event whose command line is exactly `command_line`.
+    /// Waits for the process event whose command line is exactly `command_line`.
     fn by_command_line(&self, event_type: &str, command_line: &str) -> Value {
         self.wait_for(&format!("{event_type} of `{command_line}`"), |r| {
             r["routing"]["event_type"] == event_type && r["event"]["COMMAND_LINE"] == command_line
@@ -267,7 +267,7 @@ fn readlink(path: impl AsRef<Path>) -> String {
         .into_owned()
 }
 
-/// A host process, started after the sensor, checked field by field.
+/// Checks a host process started after the sensor, field by field.
 fn check_host_exec(tier: &str) {
     if !is_root() {
         return skip_or_fail("needs root");

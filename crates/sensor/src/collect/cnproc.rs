@@ -160,7 +160,7 @@ fn control_message(op: u32) -> Vec<u8> {
 /// exit leaves an entry behind).
 const MAX_FORKS: usize = 131_072;
 
-/// What the fork event of a process told: its parent, and its start time
+/// Data from the fork event of a process: its parent, and its start time
 /// when the child could still be read.
 #[derive(Debug, Clone, Copy)]
 struct Forked {

@@ -7,7 +7,7 @@
 //! - processes that start and exit within one interval are not reported;
 //! - an exec that keeps the pid is reported only while the process is young
 //!   (first seen less than [`YOUNG_POLLS`] polls ago) and only when its
-//!   `comm` changes, so a long-lived shell's `exec`, or an exec of a program
+//!   `comm` changes. A long-lived shell's `exec`, or an exec of a program
 //!   with the same name, is not reported. Young processes are re-read because
 //!   container runtimes create every container process as `runc init` and
 //!   exec the real program a moment later;
@@ -77,8 +77,8 @@ impl Poller {
         Ok(())
     }
 
-    /// One scan: exits first (a reused pid exits before its new owner
-    /// starts), then new processes.
+    /// Scans once and returns exits first (a reused pid exits before its new
+    /// owner starts), then new processes.
     pub fn poll(&mut self, fs: &HostFs) -> std::io::Result<Vec<Fact>> {
         let now_ns = hostfs::now_ns();
         let mut current = fs.list_pids()?;
@@ -109,7 +109,7 @@ impl Poller {
                 continue;
             }
             let Ok(stat) = procfs::read_stat(fs, pid) else {
-                // Gone again between readdir and read: seen by nobody.
+                // Gone again between readdir and read, so it is not reported.
                 continue;
             };
             if stat.is_kernel_thread() {

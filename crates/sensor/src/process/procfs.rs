@@ -38,7 +38,7 @@ impl Stat {
     }
 }
 
-/// What the sensor reads about one live process.
+/// Details of one live process as read from `/proc`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProcessInfo {
     pub pid: u32,
@@ -223,8 +223,8 @@ pub fn read_process(
     info.cwd = dir.read_link("cwd").ok();
     info.cgroup_text = dir.read_to_string("cgroup").unwrap_or_default();
 
-    // A process that exits during the reads leaves the later ones empty; it
-    // is reported with what was read, flagged as a zombie when it still is.
+    // A process that exits during the reads leaves the later ones empty. It
+    // is reported with what was read, and flagged when it is now a zombie.
     match dir
         .read("stat")
         .ok()
@@ -267,7 +267,7 @@ pub(crate) mod fixture {
     //! Builders for fixture `/proc` trees.
     use std::path::Path;
 
-    /// A `stat` line with the given fields and plausible zeros elsewhere.
+    /// Formats a `stat` line with the given fields and zeros elsewhere.
     pub fn stat_line(
         pid: u32,
         comm: &str,
