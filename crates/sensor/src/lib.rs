@@ -13,3 +13,5 @@ pub mod namespaces;
 pub mod output;
 pub mod process;
 pub mod sensor;
+pub mod spool;
+pub mod transport;

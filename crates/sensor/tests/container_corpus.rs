@@ -90,8 +90,8 @@ fn runtime_words(runtime: Runtime) -> &'static [&'static str] {
     }
 }
 
-/// The runtime text before its qualifiers: `containerd (minikube) nested in
-/// docker` names containerd.
+/// Cuts the runtime text before its qualifiers, so `containerd (minikube)
+/// nested in docker` names containerd.
 fn runtime_head(text: &str) -> String {
     let head = text.split('(').next().unwrap_or(text);
     let head = head.split(" nested").next().unwrap_or(head);

@@ -19,15 +19,15 @@
 //!   names the container. Lines therefore vote: the id carried by the most lines
 //!   wins.
 //! - Paths are relative to the reader's cgroup namespace root. A reader in a
-//!   private namespace sees `/../<sibling>` for other containers and `/` for its
-//!   own cgroup. Such paths are resolved against a caller-supplied prefix (the
-//!   reader's own cgroup as the host sees it); without one, the leading `..`
-//!   segments are dropped and the result says that the path was not resolved.
+//!   private namespace reads `/../<sibling>` for other containers and `/` for
+//!   its own cgroup. Such paths are resolved against a caller-supplied prefix,
+//!   the host path of the namespace root. Without one, the leading `..`
+//!   segments are dropped and the result flags the path as unresolved.
 
 use super::Runtime;
 
-/// What a cgroup path or a `/proc/<pid>/cgroup` content says about the
-/// container that holds the process.
+/// Container, runtime and pod derived from a cgroup path or from
+/// `/proc/<pid>/cgroup` content.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CgroupAttribution {
     /// Innermost container id, or `None` for a host process.
@@ -95,11 +95,12 @@ impl CgroupLine<'_> {
 /// Parses `/proc/<pid>/cgroup` content (cgroup v1, v2 or hybrid) or a bare
 /// cgroup path.
 ///
-/// `host_prefix` is the reader's own cgroup as the host sees it (for example
-/// `/system.slice/docker-<id>.scope`). Pass it when the reader runs in a
-/// private cgroup namespace: every path is then taken as relative to it, so
-/// `/../docker-<id>.scope` and `/` both resolve. Pass `None` when the reader
-/// is in the host cgroup namespace.
+/// `host_prefix` is the host path of the root of the reader's cgroup
+/// namespace, which for a container with a private namespace is its own
+/// cgroup (for example `/system.slice/docker-<id>.scope`). Every path is then
+/// taken as relative to it, so `/../docker-<id>.scope` and `/` both resolve.
+/// Pass `None` when the reader is in the host cgroup namespace, and see
+/// [`find_host_cgroup_prefix`](super::find_host_cgroup_prefix).
 pub fn parse_cgroup(text: &str, host_prefix: Option<&str>) -> CgroupAttribution {
     let lines = split_lines(text);
     if lines.is_empty() {
@@ -109,13 +110,26 @@ pub fn parse_cgroup(text: &str, host_prefix: Option<&str>) -> CgroupAttribution 
         };
     }
 
-    let analysed: Vec<(CgroupLine<'_>, Resolved, PathAnalysis)> = lines
+    // v1 hierarchies usually repeat one path, so each distinct path is
+    // analysed once.
+    let mut distinct: Vec<(&str, Resolved, PathAnalysis)> = Vec::new();
+    let mut line_to_path = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let index = match distinct.iter().position(|(path, _, _)| *path == line.path) {
+            Some(index) => index,
+            None => {
+                let resolved = resolve_relative(line.path, host_prefix);
+                let analysis = analyse_path(&resolved.path);
+                distinct.push((line.path, resolved, analysis));
+                distinct.len() - 1
+            }
+        };
+        line_to_path.push(index);
+    }
+    let analysed: Vec<Analysed<'_, '_>> = lines
         .into_iter()
-        .map(|line| {
-            let resolved = resolve_relative(line.path, host_prefix);
-            let analysis = analyse_path(&resolved.path);
-            (line, resolved, analysis)
-        })
+        .zip(line_to_path)
+        .map(|(line, index)| (line, &distinct[index].1, &distinct[index].2))
         .collect();
 
     choose(&analysed, host_prefix)
@@ -154,6 +168,9 @@ fn split_line(line: &str) -> CgroupLine<'_> {
         path,
     }
 }
+
+/// One line with the analysis of its path.
+type Analysed<'t, 'a> = (CgroupLine<'t>, &'a Resolved, &'a PathAnalysis);
 
 /// A path after the private-namespace prefix was applied.
 #[derive(Debug, Clone)]
@@ -209,19 +226,17 @@ fn normalise_dropping_climbs(path: &str) -> String {
     )
 }
 
-/// Picks the decisive line: the innermost id carried by the most lines wins;
-/// among lines carrying it, the one with the most nesting supplies the outer
-/// id. A line in order of the preference list breaks a tie between ids.
-fn choose(
-    analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)],
-    host_prefix: Option<&str>,
-) -> CgroupAttribution {
+/// Picks the decisive line. The innermost id carried by the most lines wins,
+/// and a tie goes to the id whose first line ranks best in [`line_rank`].
+/// Among the lines carrying the winner, the most nested one supplies the
+/// outer id.
+fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAttribution {
     let mut notes: Vec<String> = Vec::new();
     for (line, _, analysis) in analysed {
+        // The same note from several lines is reported once, with the first.
         for note in &analysis.notes {
-            let note = format!("{note} (line `{}`)", line.label());
-            if !notes.contains(&note) {
-                notes.push(note);
+            if !notes.iter().any(|n| n.starts_with(note.as_str())) {
+                notes.push(format!("{note} (line `{}`)", line.label()));
             }
         }
     }
@@ -261,8 +276,8 @@ fn choose(
         .find(|(l, _, a)| matches!(l.hierarchy, Some(("0", _))) && a.found.is_empty())
     {
         notes.push(format!(
-            "the v2 line `{}` names no container, so the v1 lines decide (hybrid host with \
-             the cgroupfs driver)",
+            "the v2 line `{}` names no container, so the v1 lines decide, as on hybrid hosts with \
+             the cgroupfs driver",
             v2_line.label()
         ));
     }
@@ -275,7 +290,9 @@ fn choose(
         .max_by_key(|(_, _, a)| (a.found.len(), a.pod_uid.is_some()))
         .expect("the winner was taken from these lines");
     let inner = analysis.found.last().expect("line carries the winner");
-    let outer = (analysis.found.len() > 1).then(|| analysis.found[0].id.clone());
+    let outer = Some(&analysis.found[0].id)
+        .filter(|outer| **outer != winner)
+        .cloned();
     let pod_uid = analysed
         .iter()
         .filter(|(_, _, a)| a.found.last().is_some_and(|f| f.id == winner))
@@ -306,7 +323,7 @@ fn choose(
 
 /// Lower rank = preferred line when two ids tie: the v2 line, then
 /// controllers every runtime sets up.
-fn line_rank(analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)], index: usize) -> usize {
+fn line_rank(analysed: &[Analysed<'_, '_>], index: usize) -> usize {
     const PREFERRED: [&str; 4] = ["", "pids", "memory", "name=systemd"];
     let Some((_, controllers)) = analysed[index].0.hierarchy else {
         return 0;
@@ -319,7 +336,7 @@ fn line_rank(analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)], index: usize
 }
 
 fn no_container(
-    analysed: &[(CgroupLine<'_>, Resolved, PathAnalysis)],
+    analysed: &[Analysed<'_, '_>],
     pod_uid: Option<String>,
     mut notes: Vec<String>,
     prefixed: bool,
@@ -616,7 +633,8 @@ fn classify(segments: &[&str], index: usize, parent_is_pod: bool) -> Option<Foun
     None
 }
 
-/// A 64-hex segment is a container only in these places.
+/// Decides whether a 64-hex segment is a container, which it is only in
+/// these places.
 fn classify_bare_hex(
     segments: &[&str],
     index: usize,
@@ -648,6 +666,18 @@ fn classify_bare_hex(
         }
         _ => None,
     }
+}
+
+/// Uid of the systemd user manager (`user@<uid>.service`) whose tree contains
+/// `path`, where rootless runtimes put their containers.
+pub(crate) fn user_manager_uid(path: &str) -> Option<u32> {
+    path.split('/').find_map(|segment| {
+        segment
+            .strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
+    })
 }
 
 /// `<slice>:<prefix>:<id>` as one segment.
@@ -693,7 +723,7 @@ fn pod_uid_from_slice(segment: &str) -> Option<String> {
     valid_pod_uid(&uid.replace('_', "-"))
 }
 
-/// A UUID with dashes, or the 32-hex config hash of a static pod.
+/// Accepts a UUID with dashes, or the 32-hex config hash of a static pod.
 fn valid_pod_uid(uid: &str) -> Option<String> {
     (is_uuid(uid) || (uid.len() == 32 && is_hex(uid))).then(|| uid.to_string())
 }
@@ -704,7 +734,7 @@ fn is_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn is_hex64(s: &str) -> bool {
+pub(crate) fn is_hex64(s: &str) -> bool {
     s.len() == 64 && is_hex(s)
 }
 
@@ -883,10 +913,86 @@ mod tests {
     }
 
     #[test]
+    fn repeated_id_is_not_its_own_outer() {
+        let result = parse_cgroup(&format!("/docker/{ID_A}/docker/{ID_A}"), None);
+        assert_eq!(result.container_id.as_deref(), Some(ID_A));
+        assert_eq!(result.outer_container_id, None);
+    }
+
+    #[test]
     fn empty_text_is_no_container() {
         let result = parse_cgroup("\n\n", None);
         assert_eq!(result.container_id, None);
         assert_eq!(result.reason, "empty cgroup content");
+    }
+
+    #[test]
+    fn random_token_paths_keep_invariants() {
+        const TOKENS: [&str; 24] = [
+            "/",
+            "..",
+            "docker",
+            "docker-",
+            ".scope",
+            ":",
+            "\n",
+            "0::",
+            "4:memory:",
+            "pod",
+            "kubepods",
+            "kubepods-besteffort-pod",
+            "_",
+            "-",
+            ".slice",
+            "lxc.payload.",
+            "\\x2d",
+            "\\x",
+            "é",
+            "machine-",
+            "payload",
+            "crio-conmon-",
+            "garden",
+            ID_A,
+        ];
+        // A fixed linear congruential sequence keeps failures reproducible.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = (state >> 59) as usize + 1;
+            for _ in 0..length {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(TOKENS[(state >> 33) as usize % TOKENS.len()]);
+            }
+
+            let result = parse_cgroup(&text, None);
+            if let Some(id) = &result.container_id {
+                assert!(!id.is_empty(), "empty id from {text:?}");
+                assert_ne!(
+                    result.outer_container_id.as_ref(),
+                    Some(id),
+                    "outer equals inner for {text:?}"
+                );
+            } else {
+                assert_eq!(
+                    result.runtime_hint, None,
+                    "runtime without container for {text:?}"
+                );
+                assert_eq!(
+                    result.outer_container_id, None,
+                    "outer without inner for {text:?}"
+                );
+            }
+            let prefixed = parse_cgroup(&text, Some("/system.slice/x.scope"));
+            assert!(
+                !prefixed.unresolved_relative,
+                "unresolved with a prefix: {text:?}"
+            );
+        }
     }
 
     #[test]

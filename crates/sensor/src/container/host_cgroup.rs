@@ -1,13 +1,17 @@
-//! The sensor's own cgroup as the host sees it, for a sensor in a private
-//! cgroup namespace.
+//! Host path of the root of the sensor's cgroup namespace, for a sensor in a
+//! private one.
 //!
 //! Docker gives every container a private cgroup namespace by default on
 //! cgroup v2 hosts, `--privileged` included. `/proc/<pid>/cgroup` then reads
-//! relative to the sensor's own cgroup, and that cgroup's host path is needed
-//! to resolve it. The cgroup v2 tree under `$HOST_FS/sys/fs/cgroup` is the
-//! host's mount (a recursive bind of `/` keeps it), whose directory names are
-//! host paths whatever namespace the reader is in, so the sensor finds itself
+//! relative to the namespace root, and the root's host path is needed to
+//! resolve it. The cgroup tree under `$HOST_FS/sys/fs/cgroup` is the host's
+//! mount (Docker binds `-v /:/rootfs` recursively), whose directory names are
+//! host paths whatever namespace the reader is in. So the sensor finds itself
 //! by searching `cgroup.procs` files for its host pid (`$HOST_FS/proc/self`).
+//!
+//! Joining the host's cgroup namespace with `setns` on
+//! `$HOST_FS/proc/1/ns/cgroup` (CAP_SYS_ADMIN) avoids the prefix entirely;
+//! this search is for when that is not possible.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,36 +29,87 @@ pub enum HostCgroupError {
         #[source]
         source: io::Error,
     },
-    #[error("no cgroup v2 hierarchy under {host_fs}/sys/fs/cgroup")]
-    NoCgroup2 { host_fs: PathBuf },
+    #[error("no cgroup hierarchy with a cgroup.procs file under {host_fs}/sys/fs/cgroup")]
+    NoHierarchy { host_fs: PathBuf },
     #[error("pid {pid} is in no cgroup.procs file under {root} (searched {searched} directories)")]
     NotFound {
         pid: u32,
         root: PathBuf,
         searched: usize,
     },
+    #[error("host cgroup {host_path} of pid {pid} does not end with its namespace-relative path {relative}")]
+    Mismatch {
+        pid: u32,
+        host_path: String,
+        relative: String,
+    },
 }
 
-/// Finds the host path of the calling process's cgroup v2 cgroup when the
-/// process is in a private cgroup namespace. Returns `Ok(None)` when it is in
-/// the same cgroup namespace as host pid 1, where no prefix is needed.
+/// Hierarchies searched, v2 first: `sys/fs/cgroup` on a v2 host,
+/// `sys/fs/cgroup/unified` on a hybrid one, then v1 hierarchies that every
+/// runtime places containers in.
+pub(crate) const HIERARCHIES: [(&str, &str); 5] = [
+    ("sys/fs/cgroup", ""),
+    ("sys/fs/cgroup/unified", ""),
+    ("sys/fs/cgroup/pids", "pids"),
+    ("sys/fs/cgroup/memory", "memory"),
+    ("sys/fs/cgroup/systemd", "name=systemd"),
+];
+
+/// Finds the host path of the root of the calling process's cgroup
+/// namespace, the prefix [`parse_cgroup`](super::parse_cgroup) needs.
+/// Returns `Ok(None)` when the process is in the host's cgroup namespace,
+/// where paths need no prefix.
 ///
-/// NOTE: only the v2 (`0::`) hierarchy is searched. On a cgroup v1 host with
-/// a private cgroup namespace, v1 paths stay unresolved and the attribution
-/// says so.
+/// The process's cgroup is found by its host pid in the tree under
+/// `$HOST_FS/sys/fs/cgroup`, and its namespace-relative path (from
+/// `/proc/self/cgroup`) is cut off the end. The search reads every
+/// `cgroup.procs` file, which takes milliseconds on a host with thousands of
+/// cgroups, so call this once at start.
+///
+/// NOTE: one prefix, from the first hierarchy found, is applied to every
+/// line. That is right when the runtime places a container at the same path
+/// in every hierarchy, as Docker's cgroupfs and systemd drivers do, but not on
+/// a hybrid host whose v2 line differs from the v1 lines.
 pub fn find_host_cgroup_prefix(host_fs: &Path) -> Result<Option<String>, HostCgroupError> {
-    let own_namespace = read_link(Path::new("/proc/self/ns/cgroup"))?;
-    let host_namespace = read_link(&host_fs.join("proc/1/ns/cgroup"))?;
-    if own_namespace == host_namespace {
+    // Same namespace as host pid 1: no search needed. Reading pid 1's link
+    // needs ptrace access to it, so a failure falls through to the search.
+    let own_namespace = std::fs::read_link("/proc/self/ns/cgroup").ok();
+    let host_namespace = std::fs::read_link(host_fs.join("proc/1/ns/cgroup")).ok();
+    if own_namespace.is_some() && own_namespace == host_namespace {
         return Ok(None);
     }
 
     let pid = host_pid(host_fs)?;
-    let root = cgroup2_root(host_fs)?;
-    find_pid_cgroup(&root, pid).map(Some)
+    let (root, controller) = hierarchy_root(host_fs)?;
+    let host_path = find_pid_cgroup(&root, pid)?;
+    let relative = own_relative_path(controller)?;
+    prefix_from(pid, &host_path, &relative)
 }
 
-/// The caller's pid in the PID namespace of `$HOST_FS/proc`.
+/// Cuts the namespace-relative path off the host path.
+fn prefix_from(
+    pid: u32,
+    host_path: &str,
+    relative: &str,
+) -> Result<Option<String>, HostCgroupError> {
+    if host_path == relative {
+        return Ok(None);
+    }
+    let relative_trimmed = relative.trim_end_matches('/');
+    let prefix = host_path
+        .strip_suffix(relative_trimmed)
+        .filter(|p| relative_trimmed.is_empty() || p.is_empty() || !p.ends_with('/'))
+        .ok_or_else(|| HostCgroupError::Mismatch {
+            pid,
+            host_path: host_path.to_string(),
+            relative: relative.to_string(),
+        })?;
+    // An empty prefix means the namespace root is the host root.
+    Ok((!prefix.is_empty()).then(|| prefix.to_string()))
+}
+
+/// Reads the caller's pid in the PID namespace of `$HOST_FS/proc`.
 fn host_pid(host_fs: &Path) -> Result<u32, HostCgroupError> {
     let link = host_fs.join("proc/self");
     let target = read_link(&link)?;
@@ -67,16 +122,44 @@ fn host_pid(host_fs: &Path) -> Result<u32, HostCgroupError> {
     })
 }
 
-/// `sys/fs/cgroup` on a v2 host, `sys/fs/cgroup/unified` on a hybrid one.
-fn cgroup2_root(host_fs: &Path) -> Result<PathBuf, HostCgroupError> {
-    ["sys/fs/cgroup", "sys/fs/cgroup/unified"]
+/// First hierarchy present under `$HOST_FS`, with the controller name its
+/// line carries in `/proc/<pid>/cgroup` (empty for v2).
+fn hierarchy_root(host_fs: &Path) -> Result<(PathBuf, &'static str), HostCgroupError> {
+    HIERARCHIES
         .iter()
-        .map(|relative| host_fs.join(relative))
-        .find(|dir| {
-            dir.join("cgroup.procs").exists() && dir.join("cgroup.subtree_control").exists()
-        })
-        .ok_or_else(|| HostCgroupError::NoCgroup2 {
+        .map(|(relative, controller)| (host_fs.join(relative), *controller))
+        .find(|(dir, _)| dir.join("cgroup.procs").exists())
+        .ok_or_else(|| HostCgroupError::NoHierarchy {
             host_fs: host_fs.to_path_buf(),
+        })
+}
+
+/// Reads the caller's path in `controller`'s hierarchy, relative to its own
+/// cgroup namespace.
+fn own_relative_path(controller: &str) -> Result<String, HostCgroupError> {
+    let path = Path::new("/proc/self/cgroup");
+    let text = std::fs::read_to_string(path).map_err(|source| HostCgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, cgroup) = (parts.next()?, parts.next()?, parts.next()?);
+            let matches = if controller.is_empty() {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == controller)
+            };
+            matches.then(|| cgroup.to_string())
+        })
+        .next()
+        .ok_or_else(|| HostCgroupError::Read {
+            path: path.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no line for hierarchy `{controller}`"),
+            ),
         })
 }
 
@@ -148,19 +231,22 @@ mod tests {
     }
 
     #[test]
-    fn host_namespace_needs_no_prefix() {
-        // The test runs in the cgroup namespace of this host's pid 1 unless
-        // it was started inside a container with a private one.
-        let own = fs::read_link("/proc/self/ns/cgroup").unwrap();
-        let Ok(init) = fs::read_link("/proc/1/ns/cgroup") else {
-            println!("skipped: /proc/1/ns/cgroup is not readable (needs root)");
-            return;
-        };
-        let result = find_host_cgroup_prefix(Path::new("/")).unwrap();
-        if own == init {
-            assert_eq!(result, None);
-        } else {
-            assert!(result.is_some_and(|p| p.starts_with('/')));
-        }
+    fn prefix_cuts_relative_path() {
+        assert_eq!(
+            prefix_from(7, "/docker/abc", "/").unwrap().as_deref(),
+            Some("/docker/abc")
+        );
+        assert_eq!(
+            prefix_from(7, "/docker/abc/sub", "/sub")
+                .unwrap()
+                .as_deref(),
+            Some("/docker/abc")
+        );
+        assert_eq!(prefix_from(7, "/docker/abc", "/docker/abc").unwrap(), None);
+        assert_eq!(prefix_from(7, "/sub", "/sub/").unwrap(), None);
+        assert!(matches!(
+            prefix_from(7, "/docker/abcsub", "/sub"),
+            Err(HostCgroupError::Mismatch { pid: 7, .. })
+        ));
     }
 }
