@@ -22,7 +22,7 @@ use picket_event::types;
 use picket_event::Record;
 use serde_json::{Map, Value};
 
-use crate::collect::{ExecDetails, ExecFact, ExitFact, Fact, ForkFact};
+use crate::collect::{ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact};
 use crate::hostfs::{self, HostFs};
 use crate::process::procfs::{self, COMMAND_LINE_CAP};
 use crate::process::table::DEFAULT_CAPACITY;
@@ -222,7 +222,7 @@ impl Enricher {
             }
             Fact::Exit(exit) => self.on_exit(exit),
             Fact::Dropped { reason, count } => Some(self.dropped_record(reason, count)),
-            Fact::File(_) => None,
+            Fact::File(file) => Some(self.file_record(file)),
         };
         if let Some(record) = record {
             bump(&self.stats.records);
@@ -333,6 +333,36 @@ impl Enricher {
             record.set(types::container::KEY, (**container).clone());
         }
         Some(record)
+    }
+
+    /// Builds a FILE_CREATE, FILE_DELETE, FILE_MODIFIED or FILE_RENAME
+    /// record, linked to the process by its atom and carrying its container.
+    fn file_record(&self, file: FileFact) -> Record {
+        let event_type = match file.action {
+            FileAction::Create => types::FILE_CREATE,
+            FileAction::Delete => types::FILE_DELETE,
+            FileAction::Modify => types::FILE_MODIFIED,
+            FileAction::Rename => types::FILE_RENAME,
+        };
+        let mut record = Record::new(event_type, &self.hostname);
+        let process = match file.start_ticks {
+            Some(start) => self.table.get((file.pid, start)),
+            None => self.table.get_by_pid(file.pid),
+        };
+        let start = file.start_ticks.or(process.map(|p| p.info.start_ticks));
+        if let Some(start) = start.filter(|s| *s != 0) {
+            record.routing.this = Some(process_atom(&self.boot_id, file.pid, start));
+        }
+        put_bytes(&mut record.event, "FILE_PATH", &file.path);
+        if let Some(new_path) = &file.new_path {
+            put_bytes(&mut record.event, "NEW_FILE_PATH", new_path);
+        }
+        record.set("PROCESS_ID", file.pid);
+        record.set("TIMESTAMP", file.time_ns / 1_000_000);
+        if let Some(container) = process.and_then(|p| p.container.as_ref()) {
+            record.set(types::container::KEY, (**container).clone());
+        }
+        record
     }
 
     fn dropped_record(&self, reason: &str, count: u64) -> Record {
@@ -937,6 +967,44 @@ mod tests {
         assert_eq!(
             records[0].routing.parent.as_deref(),
             Some(process_atom("boot", 1, 1).as_str())
+        );
+    }
+
+    #[test]
+    fn file_fact_links_to_process() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            820,
+            100,
+            900,
+            "sh",
+            "/bin/sh",
+            &[b"sh"],
+            0,
+            "0::/system.slice/docker-abc.scope\n",
+        );
+        collect(&mut enricher, exec(820));
+        let fact = FileFact {
+            action: FileAction::Rename,
+            pid: 820,
+            start_ticks: Some(900),
+            path: b"/etc/a".to_vec(),
+            new_path: Some(b"/etc/b\xff".to_vec()),
+            time_ns: 7_000_000,
+        };
+        let records = collect(&mut enricher, Fact::File(fact));
+        let record = &records[0];
+        assert_eq!(record.routing.event_type, "FILE_RENAME");
+        assert_eq!(record.event["FILE_PATH"], "/etc/a");
+        assert_eq!(record.event["NEW_FILE_PATH"], "/etc/b\\xff");
+        assert!(record.event.contains_key("NEW_FILE_PATH_B64"));
+        assert_eq!(record.event["PROCESS_ID"], 820);
+        assert_eq!(record.event["TIMESTAMP"], 7);
+        assert_eq!(record.event["CONTAINER"]["ID"], "abc");
+        assert_eq!(
+            record.routing.this.as_deref(),
+            Some(process_atom("boot", 820, 900).as_str())
         );
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use picket_event::{types, Record};
 use serde_json::{Map, Value};
 
-use crate::collect::{cnproc, procscan, Fact, Tier};
+use crate::collect::{cnproc, ebpf, procscan, Fact, Tier};
 use crate::config::{Config, TierChoice};
 use crate::container::{self, ContainerInfo, ContainerResolver, ResolverConfig};
 use crate::enrich::{ContainerLookup, Enricher, Stats};
@@ -25,6 +25,7 @@ use crate::hostfs::HostFs;
 use crate::namespaces::{HostFacts, NsState};
 use crate::output::{self, Outbound};
 use crate::process::Prefetch;
+use crate::transport::{self, TransportConfig};
 
 /// Capacity of the fact queue between a tier and enrichment.
 pub const FACT_QUEUE: usize = 65_536;
@@ -46,6 +47,8 @@ pub struct Selection {
     /// (tier, reason) for each tier above the one chosen.
     pub skipped: Vec<(Tier, String)>,
     pub threads: Vec<JoinHandle<()>>,
+    /// Handles that stop their tier when dropped (the eBPF tier's).
+    pub guards: Vec<Box<dyn Send>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +71,12 @@ pub fn select_tier(choice: TierChoice, ctx: &TierContext) -> Result<Selection, S
             continue;
         }
         match start_tier(tier, ctx) {
-            Ok(threads) => {
+            Ok((threads, guards)) => {
                 return Ok(Selection {
                     tier,
                     skipped,
                     threads,
+                    guards,
                 })
             }
             Err(reason) => skipped.push((tier, reason)),
@@ -86,11 +90,14 @@ pub fn select_tier(choice: TierChoice, ctx: &TierContext) -> Result<Selection, S
     Err(SensorError::NoTier { reasons })
 }
 
-fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Vec<JoinHandle<()>>, String> {
+/// A started tier: its threads, and handles that stop it when dropped.
+type Started = (Vec<JoinHandle<()>>, Vec<Box<dyn Send>>);
+
+fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Started, String> {
     match tier {
         Tier::Ebpf => {
-            let collector = start_ebpf(ctx)?;
-            Ok(vec![collector, spawn_existing_scan(ctx)?])
+            let handle = start_ebpf(ctx)?;
+            Ok((vec![spawn_existing_scan(ctx)?], vec![handle]))
         }
         Tier::Netlink => {
             if ctx.host.pid_ns != NsState::Host {
@@ -107,7 +114,7 @@ fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Vec<JoinHandle<()>>, Stri
             )
             .map_err(|e| error_chain(&e))?;
             // Subscribed first, then scanned, so no process falls between.
-            Ok(vec![collector, spawn_existing_scan(ctx)?])
+            Ok((vec![collector, spawn_existing_scan(ctx)?], Vec::new()))
         }
         Tier::ProcPoll => {
             let collector = procscan::start(
@@ -117,17 +124,23 @@ fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Vec<JoinHandle<()>>, Stri
                 ctx.stop.clone(),
             )
             .map_err(|e| format!("cannot read {}: {e}", ctx.fs.path("/proc").display()))?;
-            Ok(vec![collector])
+            Ok((vec![collector], Vec::new()))
         }
     }
 }
 
-/// SEAM(ebpf): the eBPF tier plugs in here. Wire it as
-/// `collect::ebpf::start(ctx.fs.clone(), ctx.tx.clone(), ctx.stop.clone())`,
-/// returning its thread or the reason it cannot run (no BTF, old kernel,
-/// missing capability).
-fn start_ebpf(_ctx: &TierContext) -> Result<JoinHandle<()>, String> {
-    Err("the eBPF tier is not built into this binary".to_owned())
+/// Starts the eBPF tier, or returns why it cannot run (no BTF, old kernel,
+/// missing capability, verifier rejection).
+fn start_ebpf(ctx: &TierContext) -> Result<Box<dyn Send>, String> {
+    let config = ebpf::EbpfConfig {
+        host_fs: ctx.fs.root().to_path_buf(),
+        ..ebpf::EbpfConfig::default()
+    };
+    let handle = ebpf::start(&config, ctx.tx.clone()).map_err(|e| error_chain(&e))?;
+    if let Some(reason) = &handle.file_events_unavailable {
+        tracing::warn!(%reason, "file events unavailable in the eBPF tier");
+    }
+    Ok(Box::new(handle))
 }
 
 /// Builds the container lookup. In a private cgroup namespace that could
@@ -246,13 +259,10 @@ pub async fn run(
             outbound.subscribe(output::CHANNEL_CAPACITY),
         ));
     }
-    if config.key.is_some() {
-        // SEAM(transport): wire `transport::spawn(&config, rx)` here with
-        // `let rx = outbound.subscribe(output::CHANNEL_CAPACITY);`.
-        tracing::error!(
-            "the platform transport is not built into this binary; events are not sent"
-        );
-    }
+    let transport_rx = config
+        .key
+        .as_ref()
+        .map(|_| outbound.subscribe(output::CHANNEL_CAPACITY));
     if outbound.is_empty() {
         anyhow::bail!("no output is available; run with --stdout");
     }
@@ -271,6 +281,20 @@ pub async fn run(
     let selection = select_tier(config.tier, &ctx)?;
     drop(ctx);
     log_selection(&selection);
+
+    let transport = match (config.key.clone(), transport_rx) {
+        (Some(key), Some(rx)) => {
+            let mut transport_config = TransportConfig::new(key, host.hostname.clone());
+            transport_config.state_dir = config.state_dir.clone();
+            transport_config.host_fs = config.host_fs.root().to_path_buf();
+            transport_config.tier = selection.tier.name().to_owned();
+            Some(
+                transport::spawn(transport_config, rx)
+                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))?,
+            )
+        }
+        _ => None,
+    };
 
     let stats = Arc::new(Stats::default());
     let connected = connected_record(&host, &selection);
@@ -295,6 +319,7 @@ pub async fn run(
     wait_for_shutdown(&stop, &stats).await;
     tracing::info!("sensor stopping");
     stop.store(true, Ordering::Relaxed);
+    drop(selection.guards);
     for thread in selection.threads {
         let _ = thread.join();
     }
@@ -302,6 +327,13 @@ pub async fn run(
     for sink in sinks {
         if let Ok(Err(e)) = sink.await {
             tracing::warn!(error = %e, "output ended with an error");
+        }
+    }
+    if let Some(transport) = transport {
+        match transport.join.await {
+            Ok(Ok(summary)) => tracing::info!(summary = ?summary, "transport stopped"),
+            Ok(Err(e)) => tracing::error!(error = %error_chain(&e), "transport failed"),
+            Err(e) => tracing::error!(error = %e, "transport task failed"),
         }
     }
     tracing::info!(stats = %stats.to_json(), "sensor stopped");

@@ -355,6 +355,54 @@ fn check_host_exec(tier: &str) {
     assert!(connected["event"]["TIER_REASONS"]["ebpf"].is_string());
 }
 
+/// Without `--tier`, the best tier that starts is used and the CONNECTED
+/// event says which; a process is reported by it with its command line.
+#[test]
+fn auto_tier_reports_host_exec() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    let child_sensor = Command::new(sensor_binary())
+        .arg("--stdout")
+        .env("HOST_FS", "/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let sensor = Sensor::attach(child_sensor, None);
+    let connected = sensor.connected();
+    let tier = connected["event"]["ACQUISITION_TIER"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        ["ebpf", "netlink"].contains(&tier.as_str()),
+        "root in the host PID namespace chose {tier}"
+    );
+    assert_eq!(connected["event"]["KERNEL_ACQ_AVAILABLE"], tier == "ebpf");
+    if tier == "netlink" {
+        assert!(
+            connected["event"]["TIER_REASONS"]["ebpf"].is_string(),
+            "{connected}"
+        );
+    }
+
+    let marker = format!("picket-auto-{}", std::process::id());
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1", &marker])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let record = sensor.process_event("NEW_PROCESS", pid);
+    assert_eq!(
+        record["event"]["COMMAND_LINE"],
+        format!("/bin/sh -c sleep 1 {marker}").as_str()
+    );
+    assert_eq!(record["event"]["PARENT_PROCESS_ID"], std::process::id());
+    assert_eq!(record["routing"]["this"], atom(pid).as_str());
+    child.wait().unwrap();
+}
+
 #[test]
 fn host_exec_reported_netlink() {
     check_host_exec("netlink");
@@ -558,7 +606,9 @@ fn deployment_contract_container() {
         }
     }
     command
-        .arg("--stdout")
+        // As the non-eBPF DaemonSet: eBPF is not tried, and netlink must be
+        // found unusable from the container's PID namespace.
+        .args(["--stdout", "--tier", "netlink"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let before = Container::run("contract-before", &["sleep", "120"]);
@@ -699,4 +749,42 @@ fn explain_cgroup_reads_stdin() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["container_id"], id);
     assert_eq!(report["runtime"], "docker");
+}
+
+/// With `-d KEY` the transport starts beside stdout. The server address is a
+/// closed loopback port, so the sensor keeps reporting locally and spools.
+#[test]
+fn key_with_unreachable_server_keeps_running() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let key = picket_event::key::InstallationKey {
+        url: "https://127.0.0.1:9".into(),
+        org_id: "2b1f0b8e-7c1a-4d44-9a0e-0f3f4f5e6a7b".into(),
+        key_id: "8d7c6b5a-4f3e-4d2c-8b1a-0f9e8d7c6b5a".into(),
+        secret: "a".repeat(64),
+        cert_sha256: "b".repeat(64),
+    }
+    .encode();
+    let child = Command::new(sensor_binary())
+        .args(["-d", &key, "--stdout", "--tier", "procpoll", "--state-dir"])
+        .arg(state.path())
+        .env("HOST_FS", "/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut sensor = Sensor::attach(child, None);
+    let connected = sensor.connected();
+    assert_eq!(connected["event"]["ACQUISITION_TIER"], "procpoll");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sensor.child.try_wait().unwrap().is_none(),
+        "the sensor exited although the server is only unreachable"
+    );
+    assert!(
+        state.path().join("spool").is_dir(),
+        "the transport did not create its spool under --state-dir"
+    );
 }
