@@ -5,6 +5,13 @@
 //! records; records go to the outbound queue and to local sinks.
 
 pub mod collect;
+pub mod config;
 pub mod container;
+pub mod enrich;
+pub mod hostfs;
+pub mod namespaces;
+pub mod output;
+pub mod process;
+pub mod sensor;
 pub mod spool;
 pub mod transport;
