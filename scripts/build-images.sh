@@ -64,9 +64,16 @@ build_one() {
     cp "$dockerfile" "$context/Dockerfile"
 
     log "building $image:$tag"
+    # The output is shown only on failure, because without buildx the
+    # Docker CLI prints a deprecation notice for the classic builder on
+    # every build.
     local status=0
-    docker build --quiet --tag "$image:$tag" "$context" >/dev/null || status=$?
-    rm -rf "$context"
+    docker build --quiet --tag "$image:$tag" "$context" >"$context.log" 2>&1 || status=$?
+    if ((status != 0)); then
+        log "docker build of $image:$tag failed:"
+        cat "$context.log" >&2
+    fi
+    rm -rf "$context" "$context.log"
     ((status == 0)) || return "$status"
     echo "$image:$tag"
 }

@@ -59,9 +59,12 @@ check_static() {
             return 1
             ;;
     esac
-    # ldd exits 1 and prints "not a dynamic executable" for static files.
-    if ldd "$binary" >/dev/null 2>&1; then
-        log "$binary has dynamic dependencies: $(ldd "$binary" | tr '\n' ' ')"
+    # For a static file, glibc's ldd prints "not a dynamic executable"
+    # (static) or "statically linked" (static-pie) and lists no library.
+    local libraries
+    libraries=$(ldd "$binary" 2>&1 || true)
+    if [[ "$libraries" == *"=>"* || "$libraries" == *"ld-linux"* ]]; then
+        log "$binary has dynamic dependencies: $(tr '\n' ' ' <<<"$libraries")"
         return 1
     fi
 }
