@@ -13,10 +13,15 @@ COPY picket-server /picket-server
 COPY rootfs/ /
 
 WORKDIR /data
+# 4443: gRPC over TLS 1.3 for sensors. 8080: the HTTP API, in plain HTTP,
+# so publish it only on loopback or behind a TLS proxy.
+EXPOSE 4443 8080
 
 LABEL org.opencontainers.image.title="picket-server" \
       org.opencontainers.image.description="Picket platform: enrollment, ingest, storage and search" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ENTRYPOINT ["/picket-server"]
-CMD ["serve", "--data", "/data"]
+# Add --advertise-url https://HOST:4443 with the address sensors use; the
+# installation keys this server creates carry it.
+CMD ["serve", "--data", "/data", "--grpc-listen", "0.0.0.0:4443", "--http-listen", "0.0.0.0:8080"]

@@ -249,5 +249,5 @@ def test_server_public_url_names_the_service():
     docs = {d["kind"]: d for d in load_documents(K8S_DIR / "server.yaml")}
     args = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     service = docs["Service"]["metadata"]
-    url = args[args.index("--public-url") + 1]
+    url = args[args.index("--advertise-url") + 1]
     assert url.startswith(f"https://{service['name']}.{service['namespace']}.svc")
