@@ -11,7 +11,7 @@
 //! One test function runs the steps in order, because every step shares the
 //! host with the sensor and two sensors reporting at once would race.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -249,13 +249,18 @@ fn build_images(tag: &str) -> (PathBuf, String) {
     (server, format!("picket/sensor:{tag}"))
 }
 
-/// Reason to skip while the sensor or server is still the placeholder
-/// binary of the workspace skeleton.
-fn placeholder_reason(server_binary: &PathBuf) -> Option<String> {
-    let output = Command::new(server_binary).arg("--help").output().ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.contains("not built yet")
-        .then(|| format!("{} is the placeholder binary", server_binary.display()))
+/// Reason to skip while the sensor or server next to `server_binary` is
+/// still the placeholder binary of the workspace skeleton.
+fn placeholder_reason(server_binary: &Path) -> Option<String> {
+    let sensor_binary = server_binary.with_file_name("picket-sensor");
+    let binaries = [server_binary, sensor_binary.as_path()];
+    let placeholder = binaries.into_iter().find(|binary| {
+        Command::new(binary)
+            .arg("--help")
+            .output()
+            .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("not built yet"))
+    });
+    placeholder.map(|binary| format!("{} is the placeholder binary", binary.display()))
 }
 
 fn assert_workload_attributed(scenario: &Scenario, sensor: &Container, workload: &Workload) {
@@ -423,11 +428,7 @@ fn docker_run_contract_end_to_end() {
     }
 
     let token = run_token();
-    let (server_binary, sensor_image) = build_images(&format!("e2e-{token}"));
-    let _images = ImageGuard(vec![
-        sensor_image.clone(),
-        format!("picket/server:e2e-{token}"),
-    ]);
+    let (server_binary, sensor_image) = build_images("e2e");
     if let Some(reason) = placeholder_reason(&server_binary) {
         println!("skipped: {reason}");
         return;
@@ -505,15 +506,4 @@ fn docker_run_contract_end_to_end() {
         "sensor exited:\n{}",
         scenario.diagnostics(&sensor)
     );
-}
-
-/// Removes the test's image tags on drop.
-struct ImageGuard(Vec<String>);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        for image in &self.0 {
-            picket_e2e::docker::docker(&["rmi", image]);
-        }
-    }
 }
