@@ -6,3 +6,5 @@
 
 pub mod collect;
 pub mod container;
+pub mod dns;
+pub mod netstat;

@@ -113,11 +113,18 @@ pub struct FileFact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fact {
     /// A process that was already running when the sensor started.
-    Existing { pid: u32 },
+    Existing {
+        pid: u32,
+    },
     Exec(ExecFact),
     Fork(ForkFact),
     Exit(ExitFact),
     File(FileFact),
     /// Data the collector lost, by reason (for example `ringbuf_reserve`).
-    Dropped { reason: &'static str, count: u64 },
+    Dropped {
+        reason: &'static str,
+        count: u64,
+    },
 }
+
+pub mod net;
