@@ -104,7 +104,20 @@ fn mutate(rng: &mut Rng, seed: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
 
 fn wrap_ipv4(payload: &[u8]) -> Vec<u8> {
     let total = 28 + payload.len();
-    let mut packet = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 17, 0, 0];
+    let mut packet = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
     packet.extend_from_slice(&[10, 0, 0, 53, 10, 0, 0, 2, 0, 53, 0x9c, 0x40]);
     packet.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     packet.extend_from_slice(&[0, 0]);
@@ -150,7 +163,10 @@ fn mutated_messages_never_panic() {
 
     // The mutations must exercise both outcomes, or the test proves nothing.
     assert!(parsed > iterations / 100, "only {parsed} messages parsed");
-    assert!(rejected > iterations / 100, "only {rejected} messages rejected");
+    assert!(
+        rejected > iterations / 100,
+        "only {rejected} messages rejected"
+    );
 }
 
 #[test]

@@ -7,10 +7,16 @@
 //! as discovery no longer sees their namespace.
 //!
 //! A classic BPF filter keeps only IPv4/IPv6 UDP datagrams from source port
-//! 53 that were not sent from this namespace (`PACKET_OUTGOING`), so each
-//! response is seen once, in the namespace of the client it was sent to, and
-//! not again in the resolver's. Not covered: DNS over TCP, IPv6 extension
-//! headers, fragmented responses (counted as undecodable) and encrypted DNS.
+//! 53 addressed to the namespace itself (`PACKET_HOST`). Each response is so
+//! seen once, in the namespace of the client it was sent to: not as it
+//! leaves the resolver's namespace (`PACKET_OUTGOING`), not on loopback a
+//! second time, and not as it crosses a bridge port in the host namespace
+//! (`PACKET_OTHERHOST`). Not covered: DNS over TCP, IPv6 extension headers,
+//! fragmented responses (counted as undecodable) and encrypted DNS.
+//!
+//! NOTE: a response to a container behind NAT (a resolver outside the host)
+//! reaches the host namespace addressed to the host, and is reported there
+//! too, without a process, before it is forwarded to the container.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -42,7 +48,8 @@ const OWNER_LOOKUPS_PER_TURN: usize = 64;
 const DNS_PORT: u16 = 53;
 
 /// Classic BPF program run on the network header (`SOCK_DGRAM` sockets see
-/// no link header): accept UDP from port 53 unless outgoing, over IPv4
+/// no link header): accept UDP from port 53 addressed to this namespace
+/// (`PACKET_HOST`), over IPv4
 /// (first fragment or unfragmented) or IPv6 (UDP as the first next header).
 pub fn dns_response_filter() -> Vec<FilterInstruction> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -56,14 +63,14 @@ pub fn dns_response_filter() -> Vec<FilterInstruction> {
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
     // SKF_AD_OFF + SKF_AD_PKTTYPE (linux/filter.h).
     const PKTTYPE: u32 = (-0x1000i32) as u32 + 4;
-    const PACKET_OUTGOING: u32 = libc::PACKET_OUTGOING as u32;
+    const PACKET_HOST: u32 = libc::PACKET_HOST as u32;
 
     let op = |code: u16, jt: u8, jf: u8, k: u32| FilterInstruction { code, jt, jf, k };
     // Jump offsets count instructions after the next one; targets are noted
     // by index: 6 = IPv4, 13 = IPv6, 17 = accept, 18 = drop.
     vec![
         op(LD_W_ABS, 0, 0, PKTTYPE),                // 0
-        op(JEQ_K, 16, 0, PACKET_OUTGOING),          // 1: outgoing -> 18
+        op(JEQ_K, 0, 16, PACKET_HOST),              // 1: not to this host -> 18
         op(LD_B_ABS, 0, 0, 0),                      // 2: version nibble
         op(AND_K, 0, 0, 0xf0),                      // 3
         op(JEQ_K, 1, 0, 0x40),                      // 4: -> 6
@@ -377,7 +384,7 @@ impl Reader {
         packet: &[u8],
         lookups_left: &mut usize,
     ) -> Vec<Record> {
-        if info.pkttype == libc::PACKET_OUTGOING {
+        if info.pkttype != libc::PACKET_HOST {
             return Vec::new();
         }
         let datagram = match decode_udp(info.protocol, packet) {
