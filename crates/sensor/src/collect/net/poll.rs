@@ -56,7 +56,17 @@ struct NamespaceState {
     /// `CONTAINER` shared by every process of the namespace, refreshed each
     /// pass, for flows whose process is unknown.
     container: Option<Value>,
+    /// TCP ports seen listening in this namespace, kept after the listener
+    /// closed: some servers stop listening once they accepted.
+    listened: HashSet<(Proto, u16)>,
 }
+
+/// Ports remembered per namespace in [`NamespaceState::listened`].
+const MAX_LISTENED_PORTS: usize = 4096;
+
+/// Default ephemeral port range (`net.ipv4.ip_local_port_range`). Each
+/// namespace may set its own; the direction guess only falls back to it.
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 /// State of the polling tier.
 pub struct Poller {
@@ -205,11 +215,15 @@ impl Poller {
         let mut state = self.namespaces.remove(&netns.inode).unwrap_or_default();
         state.container = container;
 
-        let listening: HashSet<(Proto, u16)> = entries
-            .iter()
-            .filter(|e| e.proto.is_tcp() && e.state == tcp_state::LISTEN)
-            .map(|e| (e.proto, e.local.port()))
-            .collect();
+        for entry in entries {
+            if entry.proto.is_tcp()
+                && entry.state == tcp_state::LISTEN
+                && state.listened.len() < MAX_LISTENED_PORTS
+            {
+                state.listened.insert((entry.proto, entry.local.port()));
+            }
+        }
+        let listening = &state.listened;
 
         // Current open TCP flows and UDP sockets.
         let mut tcp_now: HashMap<FlowKey, &SocketEntry> = HashMap::new();
@@ -254,7 +268,7 @@ impl Poller {
             let flow = state.tcp.entry(*key).or_insert_with(|| Flow {
                 inode: entry.inode,
                 state: entry.state,
-                outgoing: tcp_outgoing(entry, &listening),
+                outgoing: tcp_outgoing(entry, listening),
                 first_seen_ms: now_ms,
                 owner: None,
                 announced: false,
@@ -424,13 +438,20 @@ fn connection_of(key: &FlowKey, flow: &Flow, netns: u64) -> Connection {
 }
 
 /// Direction of a TCP flow: the handshake state when it is still visible,
-/// otherwise whether its local port is one the namespace listens on.
-fn tcp_outgoing(entry: &SocketEntry, listening: &HashSet<(Proto, u16)>) -> bool {
+/// else whether its local port is one the namespace listened on, else
+/// whether only the remote port is ephemeral.
+fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
     match entry.state {
-        tcp_state::SYN_SENT => true,
-        tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV => false,
-        _ => !listening.contains(&(entry.proto, entry.local.port())),
+        tcp_state::SYN_SENT => return true,
+        tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV => return false,
+        _ => {}
     }
+    if listened.contains(&(entry.proto, entry.local.port())) {
+        return false;
+    }
+    let local_ephemeral = EPHEMERAL_PORTS.contains(&entry.local.port());
+    let remote_ephemeral = EPHEMERAL_PORTS.contains(&entry.remote.port());
+    !(remote_ephemeral && !local_ephemeral)
 }
 
 /// Reads the tables of a namespace that no visible process is in, from a

@@ -155,14 +155,43 @@ fn parse_line(proto: Proto, line: &str) -> Option<SocketEntry> {
     let uid = fields.next()?.parse().ok()?;
     fields.next()?; // timeout
     let inode = fields.next()?.parse().ok()?;
-    Some(SocketEntry {
+    Some(unmap_ipv4(SocketEntry {
         proto,
         local,
         remote,
         state,
         uid,
         inode,
-    })
+    }))
+}
+
+/// Reports an IPv6 socket that carries IPv4 traffic (a dual-stack socket
+/// with `::ffff:a.b.c.d` endpoints, as a server bound to `::` accepts them)
+/// as the IPv4 flow it is on the wire. Sockets bound to `::` stay IPv6.
+fn unmap_ipv4(entry: SocketEntry) -> SocketEntry {
+    let proto = match entry.proto {
+        Proto::Tcp6 => Proto::Tcp4,
+        Proto::Udp6 => Proto::Udp4,
+        _ => return entry,
+    };
+    let as_ipv4 = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+        IpAddr::V4(ip) => Some(ip),
+    };
+    let Some(local) = as_ipv4(entry.local) else {
+        return entry;
+    };
+    let remote = match as_ipv4(entry.remote) {
+        Some(remote) => remote,
+        None if entry.remote.ip().is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        None => return entry,
+    };
+    SocketEntry {
+        proto,
+        local: SocketAddr::new(IpAddr::V4(local), entry.local.port()),
+        remote: SocketAddr::new(IpAddr::V4(remote), entry.remote.port()),
+        ..entry
+    }
 }
 
 fn parse_endpoint(text: &str) -> Option<SocketAddr> {
@@ -328,10 +357,10 @@ mod tests {
         let (entries, invalid) = parse_table(Proto::Tcp6, TCP6);
         assert!(invalid.is_empty());
         assert_eq!(entries[0].local, "[::1]:8080".parse().unwrap());
-        assert_eq!(
-            entries[1].remote,
-            "[::ffff:192.168.0.3]:54321".parse().unwrap()
-        );
+        assert_eq!(entries[0].proto, Proto::Tcp6);
+        // A dual-stack socket's IPv4 flow is reported as IPv4.
+        assert_eq!(entries[1].proto, Proto::Tcp4);
+        assert_eq!(entries[1].remote, "192.168.0.3:54321".parse().unwrap());
     }
 
     #[test]
