@@ -1,0 +1,366 @@
+//! Event query filters, shared by the admin CLI and the HTTP API.
+//!
+//! A field match is `PATH OP VALUE`, for example
+//! `event/COMMAND_LINE contains curl` or `routing/hostname is node-1`. `PATH`
+//! is slash-separated and starts with `event/` or `routing/`; `OP` is one of
+//! `is`, `is not`, `contains`, `starts with`, `ends with` or `exists`. The
+//! value may be wrapped in single or double quotes. Comparisons are exact
+//! and case-sensitive; numbers and booleans compare by their JSON text.
+
+use crate::timefmt::{self, TimeError};
+
+/// Default number of events a query returns.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest number of events one query may return.
+pub const MAX_LIMIT: usize = 100_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("invalid --match {text:?}: {reason}")]
+    Match { text: String, reason: &'static str },
+    #[error("invalid --{name}: {source}")]
+    Time {
+        name: &'static str,
+        #[source]
+        source: TimeError,
+    },
+    #[error("--since cannot be combined with --from")]
+    SinceAndFrom,
+    #[error("--from {from} is after --to {to}")]
+    EmptyRange { from: String, to: String },
+    #[error("invalid --limit {0}: must be between 1 and {MAX_LIMIT}")]
+    Limit(usize),
+    #[error("invalid --{name} {value:?}: must not be empty")]
+    Empty { name: &'static str, value: String },
+}
+
+/// Filters as the user writes them; [`FilterArgs::parse`] validates them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Sensor id (SID) or hostname.
+    #[arg(long)]
+    pub sensor: Option<String>,
+    /// Event type, such as NEW_PROCESS.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Container id or container name.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Kubernetes pod name.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only events newer than this duration (30s, 15m, 1h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events at or after this time (RFC 3339 or epoch milliseconds).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events before this time (RFC 3339 or epoch milliseconds).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Field match `PATH OP VALUE`; OP is is, is not, contains, starts with,
+    /// ends with or exists. Repeat to require several.
+    #[arg(long = "match", value_name = "EXPR")]
+    pub matches: Vec<String>,
+    /// Maximum number of events returned.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Is,
+    IsNot,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Exists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMatch {
+    /// Path segments, such as `["event", "COMMAND_LINE"]`.
+    pub path: Vec<String>,
+    pub op: MatchOp,
+    pub value: String,
+}
+
+/// A validated query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Organisation the query is confined to; `None` only for the admin CLI.
+    pub org_id: Option<String>,
+    pub sensor: Option<String>,
+    pub event_type: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub matches: Vec<FieldMatch>,
+    /// Cursor for `follow`: only events stored after this one, oldest first.
+    /// Without it a query returns the newest `limit` events, newest first.
+    pub after_num: Option<i64>,
+    pub limit: usize,
+}
+
+impl FilterArgs {
+    /// Validates the filters. `now_ms` anchors `--since`.
+    pub fn parse(&self, now_ms: u64) -> Result<EventQuery, FilterError> {
+        let text =
+            |name: &'static str, value: &Option<String>| -> Result<Option<String>, FilterError> {
+                match value {
+                    Some(v) if v.trim().is_empty() => Err(FilterError::Empty {
+                        name,
+                        value: v.clone(),
+                    }),
+                    Some(v) => Ok(Some(v.clone())),
+                    None => Ok(None),
+                }
+            };
+
+        let mut from_ms = match &self.from {
+            Some(from) => {
+                Some(
+                    timefmt::parse_timestamp(from).map_err(|source| FilterError::Time {
+                        name: "from",
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(since) = &self.since {
+            if from_ms.is_some() {
+                return Err(FilterError::SinceAndFrom);
+            }
+            let span = timefmt::parse_duration_ms(since).map_err(|source| FilterError::Time {
+                name: "since",
+                source,
+            })?;
+            from_ms = Some(now_ms.saturating_sub(span));
+        }
+        let to_ms = match &self.to {
+            Some(to) => Some(
+                timefmt::parse_timestamp(to)
+                    .map_err(|source| FilterError::Time { name: "to", source })?,
+            ),
+            None => None,
+        };
+        if let (Some(from), Some(to)) = (from_ms, to_ms) {
+            if from > to {
+                return Err(FilterError::EmptyRange {
+                    from: timefmt::format_ms(from),
+                    to: timefmt::format_ms(to),
+                });
+            }
+        }
+
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(FilterError::Limit(limit));
+        }
+
+        Ok(EventQuery {
+            org_id: None,
+            sensor: text("sensor", &self.sensor)?,
+            event_type: text("type", &self.event_type)?,
+            container: text("container", &self.container)?,
+            pod: text("pod", &self.pod)?,
+            namespace: text("namespace", &self.namespace)?,
+            from_ms,
+            to_ms,
+            matches: self
+                .matches
+                .iter()
+                .map(|m| parse_match(m))
+                .collect::<Result<_, _>>()?,
+            after_num: None,
+            limit,
+        })
+    }
+}
+
+/// Parses one `PATH OP VALUE` expression.
+pub fn parse_match(text: &str) -> Result<FieldMatch, FilterError> {
+    let fail = |reason| FilterError::Match {
+        text: text.to_owned(),
+        reason,
+    };
+    let trimmed = text.trim();
+    let (path_text, rest) = trimmed
+        .split_once(char::is_whitespace)
+        .unwrap_or((trimmed, ""));
+    let rest = rest.trim_start();
+
+    let path: Vec<String> = path_text.split('/').map(str::to_owned).collect();
+    if path.len() < 2 || !matches!(path[0].as_str(), "event" | "routing") {
+        return Err(fail(
+            "the path must start with event/ or routing/, such as event/COMMAND_LINE",
+        ));
+    }
+    if path
+        .iter()
+        .any(|p| p.is_empty() || p.contains('"') || p.contains('\\'))
+    {
+        return Err(fail(
+            "a path segment is empty or contains a quote or backslash",
+        ));
+    }
+
+    const OPS: [(&str, MatchOp); 6] = [
+        ("is not ", MatchOp::IsNot),
+        ("is ", MatchOp::Is),
+        ("contains ", MatchOp::Contains),
+        ("starts with ", MatchOp::StartsWith),
+        ("ends with ", MatchOp::EndsWith),
+        ("exists", MatchOp::Exists),
+    ];
+    let (op, value_text) = OPS
+        .iter()
+        .find_map(|(word, op)| rest.strip_prefix(word).map(|value| (*op, value)))
+        .ok_or_else(|| fail("expected PATH OP VALUE, where OP is is, is not, contains, starts with, ends with or exists"))?;
+
+    if op == MatchOp::Exists {
+        if !value_text.trim().is_empty() {
+            return Err(fail("exists takes no value"));
+        }
+        return Ok(FieldMatch {
+            path,
+            op,
+            value: String::new(),
+        });
+    }
+    let value = unquote(value_text.trim())
+        .ok_or_else(|| fail("the value has an opening quote without a closing one"))?;
+    if value.is_empty() && op != MatchOp::Is && op != MatchOp::IsNot {
+        return Err(fail("the value is empty"));
+    }
+    Ok(FieldMatch { path, op, value })
+}
+
+fn unquote(text: &str) -> Option<String> {
+    for quote in ['"', '\''] {
+        if let Some(inner) = text.strip_prefix(quote) {
+            return inner.strip_suffix(quote).map(str::to_owned);
+        }
+    }
+    Some(text.to_owned())
+}
+
+impl FieldMatch {
+    /// The path in SQLite JSON path syntax, such as `$."event"."COMMAND_LINE"`.
+    /// All-digit segments index arrays.
+    pub fn json_path(&self) -> String {
+        let mut out = String::from("$");
+        for part in &self.path {
+            if part.bytes().all(|b| b.is_ascii_digit()) {
+                out.push_str(&format!("[{part}]"));
+            } else {
+                out.push_str(&format!(".\"{part}\""));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_forms_parse() {
+        let m = parse_match("event/COMMAND_LINE contains foo bar").unwrap();
+        assert_eq!(m.path, ["event", "COMMAND_LINE"]);
+        assert_eq!(m.op, MatchOp::Contains);
+        assert_eq!(m.value, "foo bar");
+        assert_eq!(m.json_path(), "$.\"event\".\"COMMAND_LINE\"");
+
+        let m = parse_match("event/FILE_PATH starts with '/tmp/x y'").unwrap();
+        assert_eq!(m.op, MatchOp::StartsWith);
+        assert_eq!(m.value, "/tmp/x y");
+
+        let m = parse_match("routing/hostname is not node-1").unwrap();
+        assert_eq!(m.op, MatchOp::IsNot);
+        assert_eq!(m.value, "node-1");
+
+        let m = parse_match("event/CONTAINER exists").unwrap();
+        assert_eq!(m.op, MatchOp::Exists);
+
+        let m = parse_match("event/ARGS/0 is sh").unwrap();
+        assert_eq!(m.json_path(), "$.\"event\".\"ARGS\"[0]");
+    }
+
+    #[test]
+    fn bad_matches_are_rejected() {
+        for text in [
+            "",
+            "COMMAND_LINE contains foo",
+            "event/COMMAND_LINE",
+            "event/COMMAND_LINE like foo",
+            "event/COMMAND_LINE contains",
+            "event//X is 1",
+            "event/A\"B is 1",
+            "event/X is 'open",
+            "event/X exists 3",
+        ] {
+            assert!(
+                matches!(parse_match(text), Err(FilterError::Match { .. })),
+                "{text:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn time_filters_validate() {
+        let args = FilterArgs {
+            since: Some("1h".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.parse(10_000_000).unwrap().from_ms,
+            Some(10_000_000 - 3_600_000)
+        );
+
+        let args = FilterArgs {
+            since: Some("1h".into()),
+            from: Some("0".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.parse(0), Err(FilterError::SinceAndFrom));
+
+        let args = FilterArgs {
+            from: Some("2000".into()),
+            to: Some("1000".into()),
+            ..Default::default()
+        };
+        assert!(matches!(args.parse(0), Err(FilterError::EmptyRange { .. })));
+
+        let args = FilterArgs {
+            since: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            args.parse(0),
+            Err(FilterError::Time { name: "since", .. })
+        ));
+
+        let args = FilterArgs {
+            limit: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(args.parse(0), Err(FilterError::Limit(0)));
+
+        let args = FilterArgs {
+            sensor: Some(" ".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            args.parse(0),
+            Err(FilterError::Empty { name: "sensor", .. })
+        ));
+    }
+}

@@ -1,0 +1,378 @@
+//! The HTTP API and the admin CLI against a server holding two
+//! organisations: each API key sees only its own organisation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use picket_event::proto::sensor_message::Body as SensorBody;
+use picket_event::proto::server_message::Body as ServerBody;
+use picket_event::proto::{SensorMessage, TaskReply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_see_only_their_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org_a, key_a) = org_with_key(dir.path(), "acme", &["a"]);
+    let (org_b, key_b) = org_with_key(dir.path(), "globex", &["b"]);
+    let api_a = api_key(dir.path(), &org_a);
+    let server = start(dir.path()).await;
+    let mut client = client(dir.path(), server.grpc_addr).await;
+
+    let sensor_a = enroll(&mut client, &key_a, "node-a").await;
+    let sensor_b = enroll(&mut client, &key_b, "node-b").await;
+    let mut stream_a = open_stream(&mut client, hello(&sensor_a, "ia", "node-a"))
+        .await
+        .unwrap();
+    let mut stream_b = open_stream(&mut client, hello(&sensor_b, "ib", "node-b"))
+        .await
+        .unwrap();
+    let events_a: Vec<_> = (0..5).map(|n| process_event("node-a", n)).collect();
+    let events_b: Vec<_> = (0..5).map(|n| process_event("node-b", n)).collect();
+    stream_a.tx.send(batch(1, &events_a)).await.unwrap();
+    stream_b.tx.send(batch(1, &events_b)).await.unwrap();
+    stream_a.wait_ack(1).await.unwrap();
+    stream_b.wait_ack(1).await.unwrap();
+    let http_addr = server.http_addr;
+
+    let (status, body) = http(http_addr, "GET", "/api/v1/sensors", Some(&api_a), None).await;
+    assert_eq!(status, 200, "{body}");
+    let sensors: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(sensors["sensors"].as_array().unwrap().len(), 1);
+    assert_eq!(sensors["sensors"][0]["sid"], sensor_a.sid.as_str());
+    assert_eq!(sensors["sensors"][0]["online"], true);
+
+    let (status, body) = http(
+        http_addr,
+        "GET",
+        "/api/v1/events?limit=1000",
+        Some(&api_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert!(events.iter().all(|e| e["routing"]["oid"] == org_a.as_str()));
+
+    for filter in [
+        format!("sensor={}", sensor_b.sid),
+        "sensor=node-b".to_owned(),
+    ] {
+        let (status, body) = http(
+            http_addr,
+            "GET",
+            &format!("/api/v1/events?{filter}"),
+            Some(&api_a),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body, "{\"events\":[]}",
+            "{filter} leaked another org's events"
+        );
+    }
+
+    let path = format!(
+        "/api/v1/events?type=NEW_PROCESS&container=web-1&pod=web-7d9f&namespace=shop&since=1h&match={}",
+        encode("event/COMMAND_LINE ends with /3")
+    );
+    let (status, body) = http(http_addr, "GET", &path, Some(&api_a), None).await;
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found["events"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        found["events"][0]["event"]["COMMAND_LINE"],
+        "curl -s https://example.invalid/3"
+    );
+
+    let (status, body) = http(
+        http_addr,
+        "GET",
+        "/api/v1/events?match=COMMAND_LINE%20has%20x",
+        Some(&api_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid --match"), "{body}");
+    let (status, body) = http(
+        http_addr,
+        "GET",
+        "/api/v1/events?since=yesterday",
+        Some(&api_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid duration"), "{body}");
+    let (status, body) = http(
+        http_addr,
+        "GET",
+        "/api/v1/events?colour=red",
+        Some(&api_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown query parameter"), "{body}");
+
+    let (status, _) = http(http_addr, "GET", "/api/v1/events", None, None).await;
+    assert_eq!(status, 401);
+    let forged = format!(
+        "PKA1.{}.{}",
+        api_a.split('.').nth(1).unwrap(),
+        "0".repeat(64)
+    );
+    let (status, _) = http(http_addr, "GET", "/api/v1/events", Some(&forged), None).await;
+    assert_eq!(status, 401);
+
+    // A task for another org's sensor is not found; for its own it is queued.
+    let body_b = format!(
+        "{{\"sid\": \"{}\", \"command\": \"os_processes\"}}",
+        sensor_b.sid
+    );
+    let (status, _) = http(
+        http_addr,
+        "POST",
+        "/api/v1/tasks",
+        Some(&api_a),
+        Some(&body_b),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let body_a = format!(
+        "{{\"sid\": \"{}\", \"command\": \"os_processes\"}}",
+        sensor_a.sid
+    );
+    let (status, body) = http(
+        http_addr,
+        "POST",
+        "/api/v1/tasks",
+        Some(&api_a),
+        Some(&body_a),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let task: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+
+    let delivered = loop {
+        match stream_a.next().await.unwrap() {
+            Some(message) => {
+                if let Some(ServerBody::Task(task)) = message.body {
+                    break task;
+                }
+            }
+            None => panic!("stream ended before the task arrived"),
+        }
+    };
+    assert_eq!(delivered.task_id, task_id);
+    assert_eq!(delivered.command, "os_processes");
+    let reply = TaskReply {
+        task_id: task_id.clone(),
+        records: vec![process_event("node-a", 99).to_json_line().into_bytes()],
+        error: String::new(),
+    };
+    stream_a
+        .tx
+        .send(SensorMessage {
+            body: Some(SensorBody::TaskReply(reply)),
+        })
+        .await
+        .unwrap();
+
+    let mut state = String::new();
+    for _ in 0..50 {
+        let (status, body) = http(
+            http_addr,
+            "GET",
+            &format!("/api/v1/tasks/{task_id}"),
+            Some(&api_a),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        state = serde_json::from_str::<serde_json::Value>(&body).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "done");
+    let api_b = api_key(dir.path(), &org_b);
+    let (status, _) = http(
+        http_addr,
+        "GET",
+        &format!("/api/v1/tasks/{task_id}"),
+        Some(&api_b),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "another org's key cannot read the task");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_streams_new_events_of_own_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org_a, key_a) = org_with_key(dir.path(), "acme", &[]);
+    let (_org_b, key_b) = org_with_key(dir.path(), "globex", &[]);
+    let api_a = api_key(dir.path(), &org_a);
+    let server = start(dir.path()).await;
+    let mut client = client(dir.path(), server.grpc_addr).await;
+    let sensor_a = enroll(&mut client, &key_a, "node-a").await;
+    let sensor_b = enroll(&mut client, &key_b, "node-b").await;
+    let mut stream_a = open_stream(&mut client, hello(&sensor_a, "ia", "node-a"))
+        .await
+        .unwrap();
+    let mut stream_b = open_stream(&mut client, hello(&sensor_b, "ib", "node-b"))
+        .await
+        .unwrap();
+
+    let old = process_event("node-a", 0);
+    stream_a.tx.send(batch(1, &[old.clone()])).await.unwrap();
+    stream_a.wait_ack(1).await.unwrap();
+
+    let mut follow = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/v1/events/follow?type=NEW_PROCESS HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_a}\r\n\r\n"
+    );
+    follow.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let new_a = process_event("node-a", 1);
+    let new_b = process_event("node-b", 1);
+    stream_a.tx.send(batch(2, &[new_a.clone()])).await.unwrap();
+    stream_b.tx.send(batch(1, &[new_b.clone()])).await.unwrap();
+    stream_a.wait_ack(2).await.unwrap();
+    stream_b.wait_ack(1).await.unwrap();
+
+    let mut received = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !received.contains(&new_a.routing.event_id) && tokio::time::Instant::now() < deadline {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(2), follow.read(&mut buf))
+            .await
+            .map(|r| r.unwrap())
+            .unwrap_or(0);
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(received.contains("application/x-ndjson"), "{received}");
+    assert!(
+        received.contains(&new_a.routing.event_id),
+        "new event streamed: {received}"
+    );
+    assert!(
+        !received.contains(&old.routing.event_id),
+        "only events stored after the request"
+    );
+    assert!(
+        !received.contains(&new_b.routing.event_id),
+        "another org's event leaked"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queries_print_lines_and_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org_a, key_a) = org_with_key(dir.path(), "acme", &["prod"]);
+    let server = start(dir.path()).await;
+    let mut client = client(dir.path(), server.grpc_addr).await;
+    let sensor = enroll(&mut client, &key_a, "node-a").await;
+    let mut stream = open_stream(&mut client, hello(&sensor, "ia", "node-a"))
+        .await
+        .unwrap();
+    let mut hostile = process_event("node-a", 1);
+    hostile.set("COMMAND_LINE", "sh -c 'printf x'\n\x1b[2J fake-row");
+    stream
+        .tx
+        .send(batch(1, &[process_event("node-a", 0), hostile.clone()]))
+        .await
+        .unwrap();
+    stream.wait_ack(1).await.unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_picket-server");
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["--data", data])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&[
+        "events",
+        "query",
+        "--json",
+        "--org",
+        "acme",
+        "--sensor",
+        "node-a",
+        "--match",
+        "event/COMMAND_LINE contains printf",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(&hostile.routing.event_id));
+
+    let out = run(&[
+        "events",
+        "query",
+        "--table",
+        "--org",
+        org_a.as_str(),
+        "--type",
+        "NEW_PROCESS",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "header and two rows: {text}");
+    assert!(!text.contains('\x1b'), "control characters escaped");
+    assert!(text.contains("\\n\\u{1b}[2J fake-row"), "{text}");
+
+    let out = run(&[
+        "events",
+        "query",
+        "--match",
+        "event/COMMAND_LINE resembles x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --match"));
+    let out = run(&["events", "query", "--from", "tomorrow"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --from"));
+
+    let out = run(&["sensors", "list", "--table"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("node-a")
+            && text.contains("procscan")
+            && text.contains("prod")
+            && text.contains("yes"),
+        "{text}"
+    );
+    let out = run(&["key", "list", "--json"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&key_a.key_id) && !text.contains(&key_a.secret),
+        "key list never shows the secret: {text}"
+    );
+    server.shutdown().await;
+}
