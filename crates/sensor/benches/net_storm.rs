@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use picket_sensor::collect::net::{self, ContainerLookup, NetConfig};
+use picket_sensor::collect::net::{self, NetConfig};
 use serde_json::{json, Value};
 
 const ROLE_ENV: &str = "PICKET_STORM_ROLE";
@@ -57,12 +57,18 @@ fn main() {
     ] {
         let result = lab.phase(rate, poll_ms, secs);
         let share = if result.connections > 0 {
-            format!("{:.2}%", 100.0 * result.reported as f64 / result.connections as f64)
+            format!(
+                "{:.2}%",
+                100.0 * result.reported as f64 / result.connections as f64
+            )
         } else {
             "-".into()
         };
         let per_thousand = if result.connections > 0 {
-            format!("{:.1}", result.cpu_ms / (result.connections as f64 / 1000.0))
+            format!(
+                "{:.1}",
+                result.cpu_ms / (result.connections as f64 / 1000.0)
+            )
         } else {
             format!("({:.0} total)", result.cpu_ms)
         };
@@ -111,7 +117,8 @@ impl Lab {
                 "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
                 lab.network
             );
-            lab.servers.push(run("docker", &["inspect", "-f", &format, &name]));
+            lab.servers
+                .push(run("docker", &["inspect", "-f", &format, &name]));
         }
         lab
     }
@@ -121,10 +128,24 @@ impl Lab {
         let mount = format!("{}:/picket-storm:ro", exe.display());
         let role_env = format!("{ROLE_ENV}={role}");
         let mut args = vec![
-            "run", "-d", "--name", name, "--network", &self.network, "-v", &mount,
-            "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro", "-e", &role_env,
-            "--sysctl", "net.ipv4.ip_local_port_range=1024 65000",
-            "--sysctl", "net.ipv4.tcp_tw_reuse=1",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            &self.network,
+            "-v",
+            &mount,
+            "-v",
+            "/usr/lib:/lib:ro",
+            "-v",
+            "/usr/lib64:/lib64:ro",
+            "-e",
+            &role_env,
+            "--sysctl",
+            "net.ipv4.ip_local_port_range=1024 65000",
+            "--sysctl",
+            "net.ipv4.tcp_tw_reuse=1",
         ];
         for value in env {
             args.push("-e");
@@ -155,7 +176,11 @@ impl Lab {
         let started = Instant::now();
         if rate != Some(0) {
             for index in 0..2 {
-                let name = format!("{}-client{index}-{poll_ms}-{}", self.network, rate.unwrap_or(0));
+                let name = format!(
+                    "{}-client{index}-{poll_ms}-{}",
+                    self.network,
+                    rate.unwrap_or(0)
+                );
                 let per_client = rate.map(|r| r / 2).unwrap_or(0);
                 let mut lab_env = vec![
                     format!("PICKET_STORM_SERVERS={}", self.servers.join(",")),
@@ -166,10 +191,22 @@ impl Lab {
                 let exe = std::env::current_exe().unwrap();
                 let mount = format!("{}:/picket-storm:ro", exe.display());
                 let mut args: Vec<String> = [
-                    "run", "-d", "--name", &name, "--network", &self.network, "-v", &mount,
-                    "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro",
-                    "-e", &format!("{ROLE_ENV}=client"),
-                    "--sysctl", "net.ipv4.ip_local_port_range=1024 65000",
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--network",
+                    &self.network,
+                    "-v",
+                    &mount,
+                    "-v",
+                    "/usr/lib:/lib:ro",
+                    "-v",
+                    "/usr/lib64:/lib64:ro",
+                    "-e",
+                    &format!("{ROLE_ENV}=client"),
+                    "--sysctl",
+                    "net.ipv4.ip_local_port_range=1024 65000",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -207,7 +244,10 @@ impl Lab {
         std::fs::write(&stop_file, b"").unwrap();
         let summary: Value = lines
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("SUMMARY ").map(|s| serde_json::from_str(s).unwrap()))
+            .find_map(|l| {
+                l.strip_prefix("SUMMARY ")
+                    .map(|s| serde_json::from_str(s).unwrap())
+            })
             .expect("collector summary");
         sensor.wait().unwrap();
         PhaseResult {
@@ -225,7 +265,9 @@ impl Drop for Lab {
         for name in &self.names {
             let _ = Command::new("docker").args(["rm", "-f", name]).output();
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
     }
 }
 
@@ -283,29 +325,20 @@ fn client() {
     println!("CONNECTIONS {}", made.load(Ordering::Relaxed));
 }
 
-/// Attributes processes to Docker containers by the id in their cgroup path.
-struct DockerIdLookup;
-
-impl ContainerLookup for DockerIdLookup {
-    fn container_json(&self, cgroup_text: &str) -> Option<Value> {
-        cgroup_text
-            .split(['/', '\n'])
-            .map(|s| s.trim_start_matches("docker-").trim_end_matches(".scope"))
-            .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(|id| json!({ "ID": id }))
-    }
-}
-
 fn sensor() {
     let stop_file = PathBuf::from(std::env::var("PICKET_STORM_STOP").unwrap());
-    let poll_ms: u64 = std::env::var("PICKET_STORM_POLL_MS").unwrap().parse().unwrap();
+    let poll_ms: u64 = std::env::var("PICKET_STORM_POLL_MS")
+        .unwrap()
+        .parse()
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(8192);
     let config = NetConfig {
         poll_interval: Duration::from_millis(poll_ms),
         hostname: "bench".into(),
         ..NetConfig::default()
     };
-    let handle = net::spawn(config, "/".into(), None, Arc::new(DockerIdLookup), tx).unwrap();
+    let resolver = picket_sensor::container::ContainerResolver::new(std::path::Path::new("/"));
+    let handle = net::spawn(config, "/".into(), None, Arc::new(resolver), tx).unwrap();
     println!("READY");
 
     let stop = AtomicBool::new(false);

@@ -198,6 +198,8 @@ fn container_flows_and_dns_are_attributed() {
         ],
     );
     let client_ip = scenario.ip(&client);
+    let client_name = format!("{}-client", scenario.prefix);
+    let server_name = format!("{}-server", scenario.prefix);
     std::thread::sleep(Duration::from_millis(1000));
     let client_pids = scenario.pids(&client);
     wait_for_exit(&client, Duration::from_secs(30));
@@ -230,6 +232,13 @@ fn container_flows_and_dns_are_attributed() {
         "pid {client_pid} not in client {client_pids:?}"
     );
     assert_eq!(outgoing["routing"]["this"].as_str().map(str::len), Some(32));
+    // The container resolver's metadata reached the record.
+    assert_eq!(outgoing["event"]["CONTAINER"]["NAME"], client_name.as_str());
+    assert_eq!(
+        outgoing["event"]["CONTAINER"]["IMAGE"],
+        "picket-test/busybox:latest"
+    );
+    assert_eq!(outgoing["event"]["CONTAINER"]["RUNTIME"], "docker");
 
     // The same flow seen from the server's namespace, as incoming.
     let incoming = of_type(records, "NEW_TCP4_CONNECTION")
@@ -239,6 +248,7 @@ fn container_flows_and_dns_are_attributed() {
         })
         .expect("incoming tcp record on the server");
     assert_eq!(container_id(incoming), Some(server.as_str()));
+    assert_eq!(incoming["event"]["CONTAINER"]["NAME"], server_name.as_str());
     let server_pid = incoming["event"]["PROCESS_ID"]
         .as_u64()
         .expect("server pid");

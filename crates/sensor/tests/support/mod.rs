@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use picket_sensor::collect::net::{self, ContainerLookup, NetConfig};
+use picket_sensor::collect::net::{self, NetConfig};
 use serde_json::{json, Value};
 
 pub mod workload;
@@ -58,30 +58,6 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Attributes processes to Docker containers by the 64-hex id in their
-/// cgroup path (`docker-<id>.scope` or `/docker/<id>`). It stands in for the
-/// container resolver in these tests, which check the network side of the
-/// attribution: that the right process's cgroup reaches the lookup.
-pub struct DockerIdLookup;
-
-impl ContainerLookup for DockerIdLookup {
-    fn container_json(&self, cgroup_text: &str) -> Option<Value> {
-        for line in cgroup_text.lines() {
-            let path = line.splitn(3, ':').nth(2)?;
-            for segment in path.split('/') {
-                let id = segment
-                    .strip_prefix("docker-")
-                    .and_then(|s| s.strip_suffix(".scope"))
-                    .unwrap_or(segment);
-                if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Some(json!({ "ID": id, "RUNTIME": "docker" }));
-                }
-            }
-        }
-        None
-    }
-}
-
 /// Environment of the sensor child process.
 pub const CHILD_ENV: &str = "PICKET_NET_SENSOR_CHILD";
 const STOP_FILE_ENV: &str = "PICKET_NET_STOP_FILE";
@@ -100,7 +76,8 @@ pub fn sensor_child_main() {
         dns_capture: true,
         hostname: "test-host".into(),
     };
-    let handle = net::spawn(config, host_fs, net_ns, Arc::new(DockerIdLookup), tx)
+    let resolver = picket_sensor::container::ContainerResolver::new(&host_fs);
+    let handle = net::spawn(config, host_fs, net_ns, Arc::new(resolver), tx)
         .expect("network collector starts");
     println!("READY");
 

@@ -47,6 +47,12 @@ pub trait ContainerLookup: Send + Sync + 'static {
     fn container_json(&self, cgroup_text: &str) -> Option<serde_json::Value>;
 }
 
+impl ContainerLookup for crate::container::ContainerResolver {
+    fn container_json(&self, cgroup_text: &str) -> Option<serde_json::Value> {
+        self.resolve(cgroup_text).map(|info| info.to_json())
+    }
+}
+
 /// A lookup that attributes nothing, for hosts without container runtimes and
 /// for callers that enrich later.
 pub struct NoContainers;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use picket_event::{atom, types, Record};
 use serde_json::{json, Value};
@@ -29,8 +30,13 @@ pub struct Attributor {
     proc_root: PathBuf,
     boot_id: String,
     containers: Arc<dyn ContainerLookup>,
-    cache: HashMap<u32, ProcessContext>,
+    cache: HashMap<u32, (Instant, ProcessContext)>,
 }
+
+/// Age after which a cached container lookup is repeated. The resolver
+/// fills metadata that the runtime writes after the container started, so a
+/// lookup of a new process may improve a moment later.
+const CONTAINER_REFRESH: Duration = Duration::from_secs(5);
 
 /// Cache entries kept before the cache is cleared; pids come and go, and a
 /// cleared cache only costs rereading `stat` and `cgroup`.
@@ -52,8 +58,10 @@ impl Attributor {
     /// Context of `pid`, or `None` when it exited.
     pub fn context(&mut self, pid: u32) -> Option<ProcessContext> {
         let identity = procfs::process_identity(&self.proc_root, pid)?;
-        if let Some(cached) = self.cache.get(&pid) {
-            if cached.start_ticks == identity.start_ticks {
+        if let Some((resolved_at, cached)) = self.cache.get(&pid) {
+            if cached.start_ticks == identity.start_ticks
+                && resolved_at.elapsed() < CONTAINER_REFRESH
+            {
                 return Some(cached.clone());
             }
         }
@@ -70,7 +78,7 @@ impl Attributor {
         if self.cache.len() >= MAX_CACHED_PROCESSES {
             self.cache.clear();
         }
-        self.cache.insert(pid, context.clone());
+        self.cache.insert(pid, (Instant::now(), context.clone()));
         Some(context)
     }
 
