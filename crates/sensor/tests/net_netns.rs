@@ -20,9 +20,14 @@ use support::of_type;
 const FILE_NS_CHILD_ENV: &str = "PICKET_NET_FILE_NS_CHILD";
 
 fn poller(net_ns: Option<&Path>) -> (Poller, Arc<NetStats>) {
+    poller_with(net_ns, true)
+}
+
+fn poller_with(net_ns: Option<&Path>, sock_diag: bool) -> (Poller, Arc<NetStats>) {
     let stats = Arc::new(NetStats::default());
     let config = NetConfig {
         hostname: "test-host".into(),
+        sock_diag,
         ..NetConfig::default()
     };
     let poller = Poller::new(
@@ -71,7 +76,25 @@ fn have(program: &str) -> bool {
 }
 
 #[test]
-fn flows_end_with_their_namespace() {
+fn flows_end_with_their_namespace_sock_diag() {
+    flows_end_with_their_namespace(true);
+}
+
+#[test]
+fn flows_end_with_their_namespace_proc_text() {
+    flows_end_with_their_namespace(false);
+}
+
+fn counter(stats: &NetStats, name: &str) -> u64 {
+    stats
+        .snapshot()
+        .into_iter()
+        .find(|(k, _)| *k == name)
+        .unwrap()
+        .1
+}
+
+fn flows_end_with_their_namespace(sock_diag: bool) {
     if !support::require(support::is_root(), "needs root")
         || !support::require(
             have("unshare") && have("ip") && have("busybox"),
@@ -93,8 +116,9 @@ fn flows_end_with_their_namespace() {
     let server_pid = pids_with_cmdline(netns, "busybox nc -l -p 5000")[0];
     let client_pid = pids_with_cmdline(netns, "busybox nc 127.0.0.1 5000")[0];
 
-    let (mut poller, stats) = poller(None);
+    let (mut poller, stats) = poller_with(None, sock_diag);
     let first = records_json(poller.poll_once());
+    assert_eq!(counter(&stats, "diag_sockets") > 0, sock_diag);
     let in_ns: Vec<&Value> = of_type(&first, "NEW_TCP4_CONNECTION")
         .into_iter()
         .filter(|r| r["event"]["NETWORK_NAMESPACE"] == netns)

@@ -73,8 +73,8 @@ pub fn sensor_child_main() {
     let config = NetConfig {
         poll_interval: Duration::from_millis(500),
         summary_interval: Duration::from_secs(3),
-        dns_capture: true,
         hostname: "test-host".into(),
+        ..NetConfig::default()
     };
     let resolver = picket_sensor::container::ContainerResolver::new(&host_fs);
     let handle = net::spawn(config, host_fs, net_ns, Arc::new(resolver), tx)

@@ -237,7 +237,7 @@ impl CaptureHandle {
                     .map(|pid| self.proc_root.join(format!("{pid}/ns/net")))
             });
             let Some(file) = file else { continue };
-            match open_capture(&file) {
+            match open_capture(&file, *inode) {
                 Ok(socket) => {
                     self.open.insert(*inode);
                     NetStats::add(&stats.capture_sockets, 1);
@@ -274,10 +274,12 @@ impl CaptureHandle {
     }
 }
 
-/// Opens a DNS capture socket in the namespace of `netns_file`.
-pub fn open_capture(netns_file: &Path) -> io::Result<OwnedFd> {
+/// Opens a DNS capture socket in the namespace `inode`, entered through
+/// `netns_file`.
+pub fn open_capture(netns_file: &Path, inode: u64) -> io::Result<OwnedFd> {
     let filter = dns_response_filter();
-    sys::run_in_netns(netns_file, || sys::packet_socket(&filter, CAPTURE_RCVBUF))
+    let file = sys::open_netns(netns_file, inode)?;
+    sys::run_in_open_netns(&file, || sys::packet_socket(&filter, CAPTURE_RCVBUF))
 }
 
 /// Starts the reader thread.

@@ -4,10 +4,9 @@
 //! `hostNetwork`) and looks into each container's namespace in two ways:
 //!
 //! - **Polling tier** ([`poll`]): every [`NetConfig::poll_interval`], each
-//!   namespace's socket tables are read from `$HOST_FS/proc/<pid>/net/*` of one
-//!   process in it (or, for a namespace that only a `NET_NS` file holds, from
-//!   `/proc/thread-self/net` of a thread that joined it with `setns`) and diffed
-//!   against the previous pass. Socket inodes are mapped to processes through
+//!   namespace's socket tables are read through a sock_diag socket created in
+//!   it ([`diag`]), or, without CAP_SYS_ADMIN, from `$HOST_FS/proc/<pid>/net/*`
+//!   of one process in it, and diffed against the previous pass. Socket inodes are mapped to processes through
 //!   `$HOST_FS/proc/<pid>/fd/*`. Connections that open and close between two
 //!   passes are not seen at all, and a connection is reported up to one
 //!   interval after it opened or closed.
@@ -25,6 +24,7 @@
 //! as unavailable and connections are still polled.
 
 pub mod capture;
+pub mod diag;
 pub mod discover;
 pub mod poll;
 pub mod procfs;
@@ -74,6 +74,9 @@ pub struct NetConfig {
     pub summary_interval: Duration,
     /// Capture DNS responses in every namespace. Default true.
     pub dns_capture: bool,
+    /// Read socket tables through sock_diag where a socket can be opened in
+    /// the namespace (CAP_SYS_ADMIN), instead of `/proc` text. Default true.
+    pub sock_diag: bool,
     /// `routing/hostname` of every record.
     pub hostname: String,
 }
@@ -84,6 +87,7 @@ impl Default for NetConfig {
             poll_interval: Duration::from_secs(1),
             summary_interval: Duration::from_secs(60),
             dns_capture: true,
+            sock_diag: true,
             hostname: String::new(),
         }
     }
@@ -105,6 +109,10 @@ pub struct NetStats {
     /// Socket table reads that failed and were retried with another process.
     pub table_read_failed: AtomicU64,
     pub table_lines_invalid: AtomicU64,
+    /// Namespaces read through a sock_diag socket.
+    pub diag_sockets: AtomicU64,
+    /// Namespaces where no sock_diag socket could be opened.
+    pub diag_open_failed: AtomicU64,
     pub connections_new: AtomicU64,
     pub connections_terminated: AtomicU64,
     /// Connections reported without a process because no fd referred to
@@ -141,6 +149,8 @@ impl NetStats {
             ("netns_vanished", load(&self.netns_vanished)),
             ("table_read_failed", load(&self.table_read_failed)),
             ("table_lines_invalid", load(&self.table_lines_invalid)),
+            ("diag_sockets", load(&self.diag_sockets)),
+            ("diag_open_failed", load(&self.diag_open_failed)),
             ("connections_new", load(&self.connections_new)),
             ("connections_terminated", load(&self.connections_terminated)),
             ("connections_unowned", load(&self.connections_unowned)),

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use super::capture::CaptureHandle;
 use super::discover::{self, Discovery, NetnsDir};
 use super::procfs::{self, tcp_state, Proto, SocketEntry};
 use super::record::{self, Attributor, Connection, ProcessContext};
-use super::{sys, NetConfig, NetStats, Sink};
+use super::{diag, sys, NetConfig, NetStats, Sink};
 
 /// A TCP flow is keyed by its endpoints; a later flow on the same four-tuple
 /// after this one closed is a new flow.
@@ -59,6 +60,11 @@ struct NamespaceState {
     /// TCP ports seen listening in this namespace, kept after the listener
     /// closed: some servers stop listening once they accepted.
     listened: HashSet<(Proto, u16)>,
+    /// sock_diag socket created in this namespace, reused every pass.
+    diag: Option<OwnedFd>,
+    /// Set once opening a sock_diag socket failed; the namespace is then
+    /// read through `/proc` only.
+    diag_unavailable: bool,
 }
 
 /// Ports remembered per namespace in [`NamespaceState::listened`].
@@ -78,6 +84,7 @@ pub struct Poller {
     capture: Option<CaptureHandle>,
     namespaces: HashMap<u64, NamespaceState>,
     last_summary: Instant,
+    diag_warned: bool,
 }
 
 impl Poller {
@@ -98,6 +105,7 @@ impl Poller {
             capture,
             namespaces: HashMap::new(),
             last_summary: Instant::now(),
+            diag_warned: false,
         }
     }
 
@@ -167,11 +175,17 @@ impl Poller {
         }
     }
 
-    /// Reads the namespace's tables through one of its processes, checking
+    /// Reads the namespace's tables: through its sock_diag socket when one
+    /// can be had, else as text through one of its processes, checking
     /// afterwards that the process is still in that namespace (a pid reused
-    /// meanwhile would attribute another namespace's sockets). Falls back to
-    /// joining the namespace through its `NET_NS` file.
+    /// meanwhile would attribute another namespace's sockets), else as text
+    /// from a thread that joined the namespace through its `NET_NS` file.
     fn read_namespace(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
+        if self.config.sock_diag {
+            if let Some(entries) = self.read_with_diag(netns) {
+                return Some(entries);
+            }
+        }
         for &pid in netns.pids.iter().take(4) {
             let pid_dir = self.proc_root.join(pid.to_string());
             match procfs::read_tables(&pid_dir.join("net")) {
@@ -198,6 +212,41 @@ impl Poller {
             Err(error) => {
                 NetStats::add(&self.stats.table_read_failed, 1);
                 tracing::debug!(netns = netns.inode, path = %file.display(), %error, "socket table read through netns file failed");
+                None
+            }
+        }
+    }
+
+    fn read_with_diag(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
+        let state = self.namespaces.entry(netns.inode).or_default();
+        if state.diag_unavailable {
+            return None;
+        }
+        if state.diag.is_none() {
+            match open_diag(&self.proc_root, netns) {
+                Ok(socket) => {
+                    NetStats::add(&self.stats.diag_sockets, 1);
+                    state.diag = Some(socket);
+                }
+                Err(error) => {
+                    state.diag_unavailable = true;
+                    NetStats::add(&self.stats.diag_open_failed, 1);
+                    if !self.diag_warned {
+                        self.diag_warned = true;
+                        tracing::warn!(netns = netns.inode, %error, "sock_diag unavailable; reading socket tables from /proc");
+                    }
+                    return None;
+                }
+            }
+        }
+
+        let socket = state.diag.as_ref()?;
+        match diag::read_tables(socket) {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                state.diag = None;
+                NetStats::add(&self.stats.table_read_failed, 1);
+                tracing::debug!(netns = netns.inode, %error, "sock_diag dump failed");
                 None
             }
         }
@@ -452,6 +501,26 @@ fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
     let local_ephemeral = EPHEMERAL_PORTS.contains(&entry.local.port());
     let remote_ephemeral = EPHEMERAL_PORTS.contains(&entry.remote.port());
     !(remote_ephemeral && !local_ephemeral)
+}
+
+/// Opens a sock_diag socket inside `netns`, entering it through its `NET_NS`
+/// file or one of its processes (checked to still be that namespace).
+fn open_diag(proc_root: &Path, netns: &discover::Netns) -> std::io::Result<OwnedFd> {
+    let pid_links = netns
+        .pids
+        .iter()
+        .take(4)
+        .map(|pid| proc_root.join(format!("{pid}/ns/net")));
+    let mut last_error = std::io::Error::other("namespace has no file and no process");
+    for path in netns.file.clone().into_iter().chain(pid_links) {
+        let opened = sys::open_netns(&path, netns.inode)
+            .and_then(|file| sys::run_in_open_netns(&file, sys::sock_diag_socket));
+        match opened {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
 }
 
 /// Reads the tables of a namespace that no visible process is in, from a

@@ -168,7 +168,7 @@ fn parse_line(proto: Proto, line: &str) -> Option<SocketEntry> {
 /// Reports an IPv6 socket that carries IPv4 traffic (a dual-stack socket
 /// with `::ffff:a.b.c.d` endpoints, as a server bound to `::` accepts them)
 /// as the IPv4 flow it is on the wire. Sockets bound to `::` stay IPv6.
-fn unmap_ipv4(entry: SocketEntry) -> SocketEntry {
+pub(crate) fn unmap_ipv4(entry: SocketEntry) -> SocketEntry {
     let proto = match entry.proto {
         Proto::Tcp6 => Proto::Tcp4,
         Proto::Udp6 => Proto::Udp4,

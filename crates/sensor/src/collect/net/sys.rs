@@ -1,6 +1,6 @@
 //! The raw kernel calls of the network collector: `setns(2)` on a helper
-//! thread, packet sockets with a classic BPF filter, `recvfrom(2)` and
-//! `poll(2)`.
+//! thread, packet sockets with a classic BPF filter, sock_diag netlink
+//! sockets, `recvfrom(2)` and `poll(2)`.
 
 use std::fs::File;
 use std::io;
@@ -16,7 +16,30 @@ pub fn run_in_netns<T: Send>(
     netns_file: &Path,
     work: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    let file = File::open(netns_file)?;
+    run_in_open_netns(&File::open(netns_file)?, work)
+}
+
+/// Opens `path` (an nsfs file or a `/proc/<pid>/ns/net` link) and checks
+/// that it is the namespace `inode`. The open file pins that namespace, so a
+/// pid reused after discovery cannot lead into another one.
+pub fn open_netns(path: &Path, inode: u64) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = File::open(path)?;
+    let found = file.metadata()?.ino();
+    if found != inode {
+        return Err(io::Error::other(format!(
+            "{} is namespace {found}, expected {inode}",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// [`run_in_netns`] with a namespace file already open.
+pub fn run_in_open_netns<T: Send>(
+    file: &File,
+    work: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -153,4 +176,112 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<usize>> {
         .filter(|(_, p)| p.revents != 0)
         .map(|(index, _)| index)
         .collect())
+}
+
+/// `SOCK_DIAG_BY_FAMILY` from `linux/sock_diag.h`.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HEADER_LEN: usize = 16;
+/// `struct inet_diag_req_v2` (`linux/inet_diag.h`).
+const INET_DIAG_REQ_LEN: usize = 56;
+
+/// Opens a `NETLINK_SOCK_DIAG` socket in the calling thread's network
+/// namespace. Like every socket it keeps that namespace for its life, and it
+/// answers only about sockets of that namespace.
+pub fn sock_diag_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call with constant arguments.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // A dump that never ends must not stall the poller.
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    setsockopt(socket.as_fd(), libc::SO_RCVTIMEO, &timeout)?;
+    Ok(socket)
+}
+
+/// Dumps the sockets of one family and protocol whose state bit is set in
+/// `states`, returning the payload of every `SOCK_DIAG_BY_FAMILY` message
+/// (a `struct inet_diag_msg` each, attributes included).
+pub fn sock_diag_dump(
+    socket: BorrowedFd<'_>,
+    family: u8,
+    protocol: u8,
+    states: u32,
+) -> io::Result<Vec<Vec<u8>>> {
+    let mut request = [0u8; NLMSG_HEADER_LEN + INET_DIAG_REQ_LEN];
+    let total = request.len() as u32;
+    request[0..4].copy_from_slice(&total.to_ne_bytes());
+    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request[6..8].copy_from_slice(&flags.to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    request[16] = family;
+    request[17] = protocol;
+    request[20..24].copy_from_slice(&states.to_ne_bytes());
+
+    // SAFETY: `request` is valid for reads of its length.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr() as *const libc::c_void,
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut messages = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let received = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if received < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut rest = &buf[..received as usize];
+        while rest.len() >= NLMSG_HEADER_LEN {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+            if len < NLMSG_HEADER_LEN || len > rest.len() {
+                return Err(io::Error::other("sock_diag reply has an invalid length"));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(messages),
+                NLMSG_ERROR => {
+                    let code = rest
+                        .get(16..20)
+                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                        .unwrap_or(0);
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                SOCK_DIAG_BY_FAMILY => messages.push(rest[NLMSG_HEADER_LEN..len].to_vec()),
+                _ => {}
+            }
+            // Messages are 4-byte aligned (NLMSG_ALIGN).
+            let advance = (len + 3) & !3;
+            rest = rest.get(advance..).unwrap_or_default();
+        }
+    }
 }
