@@ -46,16 +46,35 @@ fn main() {
     let lab = Lab::new();
     println!("network connection storm: 2 server and 2 client containers, {secs} s per phase");
     println!(
-        "{:<34} {:>9} {:>10} {:>9} {:>9} {:>12} {:>9}",
-        "phase", "conns", "conns/s", "reported", "share", "cpu ms/1k", "peak rss"
+        "{:<36} {:>9} {:>10} {:>9} {:>9} {:>12} {:>8} {:>9}",
+        "phase", "conns", "conns/s", "reported", "share", "cpu ms/1k", "user %", "peak rss"
     );
-    for (label, rate, poll_ms) in [
-        ("5,000/s, poll 1 s", Some(5000), 1000),
-        ("5,000/s, poll 100 ms", Some(5000), 100),
-        ("max rate, poll 1 s", None, 1000),
-        ("idle (no storm), poll 1 s", Some(0), 1000),
+    let only = std::env::var("PICKET_STORM_ONLY").ok();
+    for (label, rate, poll_ms, sock_diag, dns) in [
+        ("idle, poll 1 s", Some(0), 1000, true, true),
+        ("5,000/s, poll 1 s", Some(5000), 1000, true, true),
+        (
+            "5,000/s, poll 1 s, no dns capture",
+            Some(5000),
+            1000,
+            true,
+            false,
+        ),
+        (
+            "5,000/s, poll 1 s, /proc text",
+            Some(5000),
+            1000,
+            false,
+            true,
+        ),
+        ("5,000/s, poll 100 ms", Some(5000), 100, true, true),
+        ("max rate, poll 1 s", None, 1000, true, true),
+        ("max rate, poll 100 ms", None, 100, true, true),
     ] {
-        let result = lab.phase(rate, poll_ms, secs);
+        if only.as_deref().is_some_and(|only| !label.contains(only)) {
+            continue;
+        }
+        let result = lab.phase(rate, poll_ms, sock_diag, dns, secs);
         let share = if result.connections > 0 {
             format!(
                 "{:.2}%",
@@ -73,13 +92,14 @@ fn main() {
             format!("({:.0} total)", result.cpu_ms)
         };
         println!(
-            "{:<34} {:>9} {:>10.0} {:>9} {:>9} {:>12} {:>6} MiB",
+            "{:<36} {:>9} {:>10.0} {:>9} {:>9} {:>12} {:>7.0}% {:>6} MiB",
             label,
             result.connections,
             result.connections as f64 / result.seconds,
             result.reported,
             share,
             per_thousand,
+            100.0 * result.user_ms / result.cpu_ms.max(1.0),
             result.peak_rss_kib / 1024
         );
     }
@@ -91,6 +111,7 @@ struct PhaseResult {
     seconds: f64,
     reported: u64,
     cpu_ms: f64,
+    user_ms: f64,
     peak_rss_kib: u64,
 }
 
@@ -159,13 +180,22 @@ impl Lab {
     /// One phase: a fresh collector process, then the client containers for
     /// `secs` seconds at `rate` connections/s in total (`None`: as fast as
     /// they go), then two more polls so the last connections can be seen.
-    fn phase(&self, rate: Option<u64>, poll_ms: u64, secs: u64) -> PhaseResult {
+    fn phase(
+        &self,
+        rate: Option<u64>,
+        poll_ms: u64,
+        sock_diag: bool,
+        dns: bool,
+        secs: u64,
+    ) -> PhaseResult {
         let dir = tempfile::tempdir().unwrap();
         let stop_file = dir.path().join("stop");
         let mut sensor = Command::new(std::env::current_exe().unwrap())
             .env(ROLE_ENV, "sensor")
             .env("PICKET_STORM_STOP", &stop_file)
             .env("PICKET_STORM_POLL_MS", poll_ms.to_string())
+            .env("PICKET_STORM_SOCK_DIAG", if sock_diag { "1" } else { "0" })
+            .env("PICKET_STORM_DNS", if dns { "1" } else { "0" })
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -255,6 +285,7 @@ impl Lab {
             seconds,
             reported: summary["reported"].as_u64().unwrap(),
             cpu_ms: summary["cpu_ms"].as_f64().unwrap(),
+            user_ms: summary["user_ms"].as_f64().unwrap(),
             peak_rss_kib: summary["peak_rss_kib"].as_u64().unwrap(),
         }
     }
@@ -334,6 +365,8 @@ fn sensor() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8192);
     let config = NetConfig {
         poll_interval: Duration::from_millis(poll_ms),
+        sock_diag: std::env::var("PICKET_STORM_SOCK_DIAG").as_deref() != Ok("0"),
+        dns_capture: std::env::var("PICKET_STORM_DNS").as_deref() != Ok("0"),
         hostname: "bench".into(),
         ..NetConfig::default()
     };
@@ -363,19 +396,24 @@ fn sensor() {
 
     println!(
         "SUMMARY {}",
-        json!({ "reported": reported, "cpu_ms": cpu_ms(), "peak_rss_kib": peak_rss_kib() })
+        json!({
+            "reported": reported,
+            "cpu_ms": cpu_ms().0 + cpu_ms().1,
+            "user_ms": cpu_ms().0,
+            "peak_rss_kib": peak_rss_kib(),
+        })
     );
 }
 
-/// User plus system CPU time of this process, in milliseconds.
-fn cpu_ms() -> f64 {
+/// User and system CPU time of this process, in milliseconds.
+fn cpu_ms() -> (f64, f64) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `usage` is valid for one `rusage`, which getrusage fills.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
     // SAFETY: zero-initialised and filled by the call above.
     let usage = unsafe { usage.assume_init() };
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
-    ms(usage.ru_utime) + ms(usage.ru_stime)
+    (ms(usage.ru_utime), ms(usage.ru_stime))
 }
 
 fn peak_rss_kib() -> u64 {
