@@ -1,5 +1,5 @@
 //! Connection storm: short TCP connections between Docker containers while
-//! the network collector runs in its own process; prints the share of
+//! the network collector runs in its own process. Prints the share of
 //! connections each tier reported, the collector's CPU per 1,000
 //! connections and its peak RSS.
 //!
@@ -177,7 +177,7 @@ impl Lab {
         self.names.push(name.to_owned());
     }
 
-    /// One phase: a fresh collector process, then the client containers for
+    /// Runs one phase: a fresh collector process, then the client containers for
     /// `secs` seconds at `rate` connections/s in total (`None`: as fast as
     /// they go), then two more polls so the last connections can be seen.
     fn phase(

@@ -34,8 +34,9 @@ pub struct SocketRow {
     pub process: Option<ProcessContext>,
 }
 
-/// Reads every socket of the host. `net_ns` adds namespaces that only a
-/// `NET_NS` file holds (read by joining them, which needs CAP_SYS_ADMIN).
+/// Reads every socket of the host. `net_ns` adds namespaces that have no
+/// process but a `NET_NS` file (read by joining them, which needs
+/// CAP_SYS_ADMIN).
 pub fn snapshot(
     host_fs: &Path,
     net_ns: Option<&Path>,
@@ -132,8 +133,8 @@ pub fn run(
     let rows = snapshot(host_fs, net_ns, containers);
     writeln!(
         out,
-        "{:<5} {:<45} {:<45} {:<12} {:>7} {:<16} {:<20} {}",
-        "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "COMMAND", "CONTAINER", "NETNS"
+        "{:<5} {:<45} {:<45} {:<12} {:>7} {:<16} {:<20} NETNS",
+        "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "COMMAND", "CONTAINER"
     )?;
     for row in &rows {
         let (pid, comm) = match &row.process {
@@ -156,7 +157,7 @@ pub fn run(
     Ok(())
 }
 
-/// The `NETSTAT_REP` record of a snapshot.
+/// Builds the `NETSTAT_REP` record of a snapshot.
 pub fn netstat_record(rows: &[SocketRow], hostname: &str) -> Record {
     let activity: Vec<Value> = rows
         .iter()

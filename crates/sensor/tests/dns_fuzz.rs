@@ -131,7 +131,7 @@ fn mutated_messages_never_panic() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let seed = 0x5eed_0f_d45u64;
+    let seed = 0x0005_eed0_fd45_u64;
     let mut rng = Rng(seed);
     let pool = seeds();
     let mut parsed = 0usize;

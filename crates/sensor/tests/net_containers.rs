@@ -55,6 +55,7 @@ impl Scenario {
         let exe = std::env::current_exe().unwrap();
         let mount = format!("{}:/picket-helper:ro", exe.display());
         let name = format!("{}-{name}", self.prefix);
+
         let mut args: Vec<String> = [
             "run",
             "-d",
@@ -90,6 +91,7 @@ impl Scenario {
             .iter()
             .map(|s| s.to_string()),
         );
+
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = run("docker", &args);
         self.containers.push(name);

@@ -1,6 +1,6 @@
 //! The polling tier against network namespaces the test makes itself with
 //! `unshare`, without Docker: flows and their end when the namespace goes
-//! away, a namespace that only a `NET_NS` file holds (containerd/CNI naming),
+//! away, a namespace that only a `NET_NS` file keeps alive (containerd/CNI naming),
 //! and an empty or missing `NET_NS`.
 
 mod support;

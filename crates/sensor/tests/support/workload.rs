@@ -13,7 +13,7 @@ pub const ROLE_ENV: &str = "PICKET_NET_ROLE";
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 9090;
-/// Address the test resolver answers for every `*.picket.test` name.
+/// Address the test resolver returns for every `*.picket.test` name.
 pub const ANSWER_IP: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 7);
 pub const WEB_NAME: &str = "web.picket.test";
 pub const ALIAS_NAME: &str = "alias.picket.test";
@@ -32,7 +32,7 @@ pub fn run_role() -> bool {
     true
 }
 
-/// Answers A queries for `*.picket.test`: `alias.` with a CNAME to `web.`
+/// Responds to A queries for `*.picket.test`: `alias.` with a CNAME to `web.`
 /// plus the address, every other name with the address alone; anything else
 /// with an empty answer.
 fn resolver() {

@@ -1,7 +1,7 @@
 //! DNS capture: one packet socket per network namespace, one reader thread.
 //!
 //! Each socket is created by a short-lived thread that joined the namespace
-//! with `setns`; a socket keeps the namespace it was created in for its whole
+//! with `setns`. A socket keeps the namespace it was created in for its whole
 //! life, so the reader polls all of them from the host namespace. The socket
 //! also keeps that namespace alive, which is why sockets are closed as soon
 //! as discovery no longer sees their namespace.
@@ -36,8 +36,8 @@ use super::sys::{self, FilterInstruction};
 use super::{NetStats, Sink};
 use crate::dns::{self, RecordData};
 
-/// Receive buffer of each capture socket. DNS is bursty but small; 1 MiB
-/// holds a few thousand responses while the reader is busy.
+/// Receive buffer of each capture socket. DNS is bursty but small, and 1 MiB
+/// buffers a few thousand responses while the reader is busy.
 const CAPTURE_RCVBUF: usize = 1 << 20;
 /// Packets read from one socket before moving to the next.
 const PACKETS_PER_TURN: usize = 256;
@@ -99,7 +99,7 @@ pub struct UdpDatagram<'a> {
     pub payload: &'a [u8],
 }
 
-/// Why a captured packet was not a usable UDP datagram.
+/// Reason a captured packet was not a usable UDP datagram.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
     #[error("packet truncated: {len} bytes")]
@@ -469,8 +469,8 @@ impl Reader {
             .collect()
     }
 
-    /// The process holding the UDP socket a response was sent to, if it
-    /// still exists when the response is read.
+    /// Finds the process owning the UDP socket a response was sent to, if
+    /// it still exists when the response is read.
     fn owner_of(
         &mut self,
         pids: &[u32],

@@ -14,9 +14,8 @@ use super::sys;
 /// Length of `struct inet_diag_msg` without attributes.
 const INET_DIAG_MSG_LEN: usize = 72;
 
-/// TCP states requested: every state except TIME_WAIT, which only the
-/// kernel holds (no process owns it) and which dominates a busy server's
-/// table.
+/// TCP states requested: every state except TIME_WAIT. No process owns a
+/// TIME_WAIT socket, and they dominate a busy server's table.
 const TCP_STATES: u32 = !(1 << tcp_state::TIME_WAIT as u32);
 const UDP_STATES: u32 = u32::MAX;
 
@@ -88,18 +87,18 @@ mod tests {
         };
         let entries = read_tables(&socket).unwrap();
         let (proc_entries, _) = procfs::read_tables(Path::new("/proc/self/net")).unwrap();
-        for wanted in [
+        for expected in [
             listener.local_addr().unwrap(),
             client.local_addr().unwrap(),
             udp.local_addr().unwrap(),
         ] {
             let from_diag = entries
                 .iter()
-                .find(|e| e.local == wanted)
+                .find(|e| e.local == expected)
                 .expect("socket in dump");
             let from_proc = proc_entries
                 .iter()
-                .find(|e| e.local == wanted)
+                .find(|e| e.local == expected)
                 .expect("socket in /proc");
             assert_eq!(from_diag, from_proc);
         }

@@ -18,10 +18,11 @@
 //! Kernel hooks at connect/accept/close (the eBPF tier) are not part of this
 //! module yet; every record here comes from the polling tier or the capture.
 //!
-//! Entry point: [`spawn`]. Requirements: read access to `$HOST_FS/proc`
-//! (without `hostPID` too), and CAP_SYS_ADMIN plus CAP_NET_RAW for the DNS
-//! capture (`setns` and packet sockets); without them the capture is reported
-//! as unavailable and connections are still polled.
+//! Entry point: [`spawn`]. It needs read access to `$HOST_FS/proc` (which
+//! works without `hostPID`). The DNS capture and sock_diag also need
+//! CAP_SYS_ADMIN and CAP_NET_RAW for `setns` and packet sockets. Without
+//! them the capture is reported as unavailable and the tables are read from
+//! `/proc` text.
 
 pub mod capture;
 pub mod diag;
@@ -104,7 +105,7 @@ pub struct NetStats {
     /// `NET_NS` entries that were not nsfs files (mount not propagated).
     pub netns_files_stale: AtomicU64,
     /// Namespaces whose socket tables could not be read by any route, because
-    /// every process in them exited and no `NET_NS` file holds them.
+    /// every process in them exited and no `NET_NS` file pins them.
     pub netns_vanished: AtomicU64,
     /// Socket table reads that failed and were retried with another process.
     pub table_read_failed: AtomicU64,
@@ -126,7 +127,7 @@ pub struct NetStats {
     pub dns_responses: AtomicU64,
     /// DNS payloads that did not parse, by any [`crate::dns::DnsError`].
     pub dns_malformed: AtomicU64,
-    /// Answers past the per-message cap.
+    /// DNS answers past the per-message cap.
     pub dns_answers_dropped: AtomicU64,
     pub dns_answers: AtomicU64,
     /// Records not delivered because the receiver was closed.
@@ -185,7 +186,8 @@ impl NetHandle {
     }
 }
 
-/// Where records go: a bounded tokio channel, written from plain threads.
+/// Destination of records: a bounded tokio channel, written from plain
+/// threads.
 /// A full channel blocks the collector, so the polling pass is delayed rather
 /// than losing records.
 #[derive(Clone)]

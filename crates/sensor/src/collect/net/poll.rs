@@ -2,7 +2,7 @@
 //!
 //! What this tier cannot see: a connection that opens and closes between two
 //! passes (most short HTTP requests, every DNS lookup over UDP) produces no
-//! record at all; a connection is reported up to one poll interval late; a
+//! record at all. A connection is reported up to one poll interval late. A
 //! UDP socket is reported once when it appears, and its later peers are not.
 //! TCP connections still in the accept queue have no inode and no process
 //! until the server accepts them.
@@ -175,11 +175,12 @@ impl Poller {
         }
     }
 
-    /// Reads the namespace's tables: through its sock_diag socket when one
-    /// can be had, else as text through one of its processes, checking
-    /// afterwards that the process is still in that namespace (a pid reused
-    /// meanwhile would attribute another namespace's sockets), else as text
-    /// from a thread that joined the namespace through its `NET_NS` file.
+    /// Reads the namespace's tables through its sock_diag socket when one
+    /// can be opened. Otherwise reads them as text through one of its
+    /// processes and then checks that the process is still in that
+    /// namespace, because a pid reused meanwhile would attribute another
+    /// namespace's sockets. The last route is a thread that joined the
+    /// namespace through its `NET_NS` file.
     fn read_namespace(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
         if self.config.sock_diag {
             if let Some(entries) = self.read_with_diag(netns) {
@@ -439,7 +440,7 @@ impl Poller {
         }
     }
 
-    /// One `NETWORK_CONNECTIONS` record per process with open flows.
+    /// Builds one `NETWORK_CONNECTIONS` record per process with open flows.
     fn summaries(&self) -> Vec<Record> {
         let mut by_process: HashMap<(u32, u64), (ProcessContext, Vec<Value>)> = HashMap::new();
         for (&netns, state) in &self.namespaces {
@@ -500,7 +501,8 @@ fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
     }
     let local_ephemeral = EPHEMERAL_PORTS.contains(&entry.local.port());
     let remote_ephemeral = EPHEMERAL_PORTS.contains(&entry.remote.port());
-    !(remote_ephemeral && !local_ephemeral)
+    // Only the remote port ephemeral: the remote side is the client.
+    local_ephemeral || !remote_ephemeral
 }
 
 /// Opens a sock_diag socket inside `netns`, entering it through its `NET_NS`

@@ -211,7 +211,7 @@ fn parse_endpoint(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// One 8-hex-digit word: the kernel printed a network-order 4-byte group as a
+/// Parses one 8-hex-digit word. The kernel printed a network-order 4-byte group as a
 /// native-endian `u32`, so the native bytes of the value are the wire bytes.
 fn parse_word(hex: &str) -> Option<[u8; 4]> {
     Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())

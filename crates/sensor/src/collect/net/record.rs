@@ -82,7 +82,7 @@ impl Attributor {
         Some(context)
     }
 
-    /// The container of a namespace when every process in `pids` agrees on
+    /// Returns the container of a namespace when every process in `pids` agrees on
     /// it; `None` when they disagree or are host processes. A namespace maps
     /// to a pod rather than a container under Kubernetes, so this is only a
     /// fallback for records whose process is unknown.
@@ -170,7 +170,7 @@ impl Connection {
         }
     }
 
-    /// A `NEW_*` or `TERMINATE_*` record.
+    /// Builds a `NEW_*` or `TERMINATE_*` record.
     pub(crate) fn record(
         &self,
         event_type: &str,
@@ -210,7 +210,7 @@ impl Connection {
         record
     }
 
-    /// One `NETWORK_ACTIVITY` entry.
+    /// Builds one `NETWORK_ACTIVITY` entry.
     pub(crate) fn activity(&self, first_seen_ms: u64) -> Value {
         json!({
             "SOURCE": endpoint(&self.source),

@@ -187,8 +187,8 @@ const NLMSG_HEADER_LEN: usize = 16;
 const INET_DIAG_REQ_LEN: usize = 56;
 
 /// Opens a `NETLINK_SOCK_DIAG` socket in the calling thread's network
-/// namespace. Like every socket it keeps that namespace for its life, and it
-/// answers only about sockets of that namespace.
+/// namespace. Like every socket it keeps that namespace for its life, and
+/// its dumps list only sockets of that namespace.
 pub fn sock_diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call with constant arguments.
     let raw = unsafe {
