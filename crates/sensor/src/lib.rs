@@ -8,3 +8,5 @@ pub mod collect;
 pub mod container;
 pub mod dns;
 pub mod netstat;
+pub mod spool;
+pub mod transport;

@@ -6,9 +6,11 @@
 //! connections and, thanks to WAL, never block the writer.
 //!
 //! Events are keyed by small integers for the organisation and the sensor
-//! and indexed on (sensor, event type, time), (org, time) and (org, event
-//! type, time). Container and pod filters are checked row by row inside the
-//! rows those indexes select.
+//! and indexed on (sensor, event type, time) and (org, time). Every other
+//! filter (event type without a sensor, container, pod, field match) is
+//! checked row by row inside the rows those indexes select. The event id
+//! stays inside the record: exactly-once storage rests on the (sensor, seq)
+//! batch table, not on a per-event index.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,7 +98,6 @@ CREATE TABLE IF NOT EXISTS events (
     sensor INTEGER NOT NULL,
     event_type TEXT NOT NULL,
     event_time INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
     container_id TEXT,
     container_name TEXT,
     pod_name TEXT,
@@ -105,7 +106,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_sensor_type_time ON events (sensor, event_type, event_time);
 CREATE INDEX IF NOT EXISTS events_org_time ON events (org, event_time);
-CREATE INDEX IF NOT EXISTS events_org_type_time ON events (org, event_type, event_time);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL,
@@ -595,8 +595,8 @@ impl Store for SqliteStore {
                 .at(&self.path)?;
             let mut add_event = tx
                 .prepare_cached(
-                    "INSERT INTO events (org, sensor, event_type, event_time, event_id, container_id, \
-                     container_name, pod_name, pod_namespace, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT INTO events (org, sensor, event_type, event_time, container_id, \
+                     container_name, pod_name, pod_namespace, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .at(&self.path)?;
             let mut touch_sensor = tx
@@ -650,7 +650,6 @@ impl Store for SqliteStore {
                             batch.sensor_num,
                             event.event_type,
                             event.event_time as i64,
-                            event.event_id,
                             event.container_id,
                             event.container_name,
                             event.pod_name,
