@@ -45,14 +45,20 @@ pub enum KeyError {
     #[error("installation key payload is not the expected JSON object: {0}")]
     Json(String),
     #[error("installation key field {field} is invalid: {reason}")]
-    Field { field: &'static str, reason: &'static str },
+    Field {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl InstallationKey {
     /// Encodes the key as the one-token string users copy.
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).expect("key fields are plain strings");
-        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
     }
 
     /// Parses and validates a key string. Surrounding whitespace is ignored,
@@ -74,19 +80,34 @@ impl InstallationKey {
 
     fn validate(&self) -> Result<(), KeyError> {
         if !(self.url.starts_with("https://") && self.url.len() > "https://".len()) {
-            return Err(KeyError::Field { field: "u", reason: "must be an https:// URL" });
+            return Err(KeyError::Field {
+                field: "u",
+                reason: "must be an https:// URL",
+            });
         }
         if uuid::Uuid::parse_str(&self.org_id).is_err() {
-            return Err(KeyError::Field { field: "o", reason: "must be a UUID" });
+            return Err(KeyError::Field {
+                field: "o",
+                reason: "must be a UUID",
+            });
         }
         if uuid::Uuid::parse_str(&self.key_id).is_err() {
-            return Err(KeyError::Field { field: "k", reason: "must be a UUID" });
+            return Err(KeyError::Field {
+                field: "k",
+                reason: "must be a UUID",
+            });
         }
         if !is_hex(&self.secret, 64) {
-            return Err(KeyError::Field { field: "s", reason: "must be 64 hex digits" });
+            return Err(KeyError::Field {
+                field: "s",
+                reason: "must be 64 hex digits",
+            });
         }
         if !is_hex(&self.cert_sha256, 64) {
-            return Err(KeyError::Field { field: "f", reason: "must be 64 hex digits" });
+            return Err(KeyError::Field {
+                field: "f",
+                reason: "must be 64 hex digits",
+            });
         }
         Ok(())
     }
@@ -114,7 +135,10 @@ mod tests {
     fn key_round_trips() {
         let key = sample();
         assert_eq!(InstallationKey::decode(&key.encode()).unwrap(), key);
-        assert_eq!(InstallationKey::decode(&format!("  {}\n", key.encode())).unwrap(), key);
+        assert_eq!(
+            InstallationKey::decode(&format!("  {}\n", key.encode())).unwrap(),
+            key
+        );
     }
 
     #[test]
