@@ -107,9 +107,26 @@ fn process_record(event_type: &str, host: &str, time_ms: u64, n: u64, id: &str) 
     )
 }
 
+/// CPU time this process has used (user + system), in seconds, from
+/// `/proc/self/stat` fields 14 and 15 (clock ticks, 100 per second on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Field 14 (utime) is index 11 after the name and the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct IngestFigures {
     events: u64,
     seconds: f64,
+    cpu_seconds: f64,
     stored: u64,
     bytes: u64,
 }
@@ -120,26 +137,33 @@ fn main() {
     let batch = env_u64("BENCH_BATCH", 500);
     let fill = env_u64("BENCH_FILL", 10_000_000);
 
-    let ingest = run_ingest(sensors, events, batch);
-    println!(
-        "platform ingest: {} sensors, {} events in batches of {}",
-        sensors, ingest.events, batch
-    );
-    println!(
-        "  sustained ingest      {:>10.0} events/s ({:.1} s)",
-        ingest.events as f64 / ingest.seconds,
-        ingest.seconds
-    );
-    println!(
-        "  stored                {:>10} of {} sent (lost: {})",
-        ingest.stored,
-        ingest.events,
-        ingest.events - ingest.stored.min(ingest.events)
-    );
-    println!(
-        "  bytes per event       {:>10.0} (database and WAL after checkpoint)",
-        ingest.bytes as f64 / ingest.stored.max(1) as f64
-    );
+    if events > 0 {
+        let ingest = run_ingest(sensors, events, batch);
+        println!(
+            "platform ingest: {} sensors, {} events in batches of {}",
+            sensors, ingest.events, batch
+        );
+        println!(
+            "  sustained ingest      {:>10.0} events/s ({:.1} s)",
+            ingest.events as f64 / ingest.seconds,
+            ingest.seconds
+        );
+        println!(
+            "  CPU per event         {:>10.1} µs (sensors and server together; {:.1} CPU-s in total)",
+            ingest.cpu_seconds * 1e6 / ingest.events as f64,
+            ingest.cpu_seconds
+        );
+        println!(
+            "  stored                {:>10} of {} sent (lost: {})",
+            ingest.stored,
+            ingest.events,
+            ingest.events - ingest.stored.min(ingest.events)
+        );
+        println!(
+            "  bytes per event       {:>10.0} (database and WAL after checkpoint)",
+            ingest.bytes as f64 / ingest.stored.max(1) as f64
+        );
+    }
 
     if fill > 0 {
         run_queries(fill);
@@ -188,6 +212,7 @@ fn run_ingest(sensors: u64, events: u64, batch: u64) -> IngestFigures {
         .unwrap();
     let per_sensor = events / sensors;
     let pem = std::fs::read(dir.path().join("server.crt")).unwrap();
+    let cpu_before = cpu_seconds();
     let seconds = client_rt.block_on(async {
         let mut tasks = Vec::new();
         let t0 = Instant::now();
@@ -204,6 +229,7 @@ fn run_ingest(sensors: u64, events: u64, batch: u64) -> IngestFigures {
         t0.elapsed().as_secs_f64()
     });
 
+    let cpu_used = cpu_seconds() - cpu_before;
     let store = server.store.clone();
     server_rt.block_on(server.shutdown());
     let (stored, _) = store.usage().unwrap();
@@ -224,6 +250,7 @@ fn run_ingest(sensors: u64, events: u64, batch: u64) -> IngestFigures {
     IngestFigures {
         events: per_sensor * sensors,
         seconds,
+        cpu_seconds: cpu_used,
         stored,
         bytes,
     }
