@@ -796,6 +796,13 @@ impl Store for SqliteStore {
                 );
             }
             for m in &q.matches {
+                // Checking the record text for the value first is much cheaper
+                // than parsing the JSON, and rules out nearly every row of a
+                // selective match.
+                if literal_in_record(m) {
+                    args.push(SqlValue::Text(m.value.clone()));
+                    sql.push_str(&format!(" AND instr(e.record, ?{}) > 0", args.len()));
+                }
                 args.push(SqlValue::Text(m.json_path()));
                 let extracted = format!("json_extract(e.record, ?{})", args.len());
                 let clause = match m.op {
@@ -952,4 +959,24 @@ fn sensor_nums(
 fn bind(sql: &mut String, args: &mut Vec<SqlValue>, clause: &str, value: SqlValue) {
     args.push(value);
     sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+}
+
+/// True when a row can match `m` only if its record text contains the value
+/// as written: a string value that JSON stores without escapes, for an
+/// operator that needs the value to be present. Numeric-looking values are
+/// left out because a stored number may be written differently (`1e3`).
+fn literal_in_record(m: &crate::filter::FieldMatch) -> bool {
+    let needs_value = matches!(
+        m.op,
+        MatchOp::Is | MatchOp::Contains | MatchOp::StartsWith | MatchOp::EndsWith
+    );
+    let escaped = m
+        .value
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control());
+    let numeric = m
+        .value
+        .chars()
+        .all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
+    needs_value && !m.value.is_empty() && !escaped && !numeric
 }
