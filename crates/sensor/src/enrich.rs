@@ -9,6 +9,11 @@
 //! `routing/parent` atoms. A process that was gone before it could be read is
 //! still reported with `DETAILS_UNAVAILABLE: true` and what the tier itself
 //! saw. It is never filled from whatever process has its pid now.
+//!
+//! NOTE: in the netlink and eBPF tiers a process that forks and never execs
+//! (a worker of a pre-forking server) is kept in the table as a parent but
+//! gets no NEW_PROCESS or TERMINATE_PROCESS of its own; the `/proc` polling
+//! tier reports it like any other new pid.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -356,7 +356,7 @@ fn check_host_exec(tier: &str) {
 }
 
 /// Without `--tier`, the best tier that starts is used and the CONNECTED
-/// event says which; a process is reported by it with its command line.
+/// event names it. A process is reported by it with its command line.
 #[test]
 fn auto_tier_reports_host_exec() {
     if !is_root() {
