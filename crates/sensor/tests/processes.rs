@@ -788,3 +788,58 @@ fn key_with_unreachable_server_keeps_running() {
         "the transport did not create its spool under --state-dir"
     );
 }
+
+/// An argument with invalid UTF-8, a newline and an escape byte keeps its
+/// bytes in `COMMAND_LINE_B64` and leaves the record on one line. A command
+/// line past the cap is cut and says so with its original length.
+fn check_hostile_command_lines(tier: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    let sensor = Sensor::start_on_host(tier);
+
+    let hostile: &[u8] = b"bad\xff\nname\x1b[2J";
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1"])
+        .arg(std::ffi::OsStr::from_bytes(hostile))
+        .spawn()
+        .unwrap();
+    let record = sensor.process_event("NEW_PROCESS", child.id());
+    let mut expected = b"/bin/sh -c sleep 1 ".to_vec();
+    expected.extend_from_slice(hostile);
+    let event = record["event"].as_object().unwrap();
+    assert_eq!(
+        picket_event::bytes::get_bytes(event, "COMMAND_LINE").unwrap(),
+        expected
+    );
+    assert_eq!(
+        event["COMMAND_LINE"],
+        "/bin/sh -c sleep 1 bad\\xff\nname\u{1b}[2J"
+    );
+    child.wait().unwrap();
+
+    let long = "x".repeat(40_000);
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1", &long])
+        .spawn()
+        .unwrap();
+    let record = sensor.process_event("NEW_PROCESS", child.id());
+    assert_eq!(record["event"]["COMMAND_LINE_TRUNCATED"], true);
+    // "/bin/sh\0-c\0sleep 1\0" plus the long argument and its NUL.
+    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 8 + 40_001);
+    let kept = record["event"]["COMMAND_LINE"].as_str().unwrap();
+    assert!(kept.len() <= 16 * 1024, "kept {} bytes", kept.len());
+    assert!(kept.starts_with("/bin/sh -c sleep 1 xxx"));
+    child.wait().unwrap();
+}
+
+#[test]
+fn hostile_command_lines_netlink() {
+    check_hostile_command_lines("netlink");
+}
+
+#[test]
+fn hostile_command_lines_procpoll() {
+    check_hostile_command_lines("procpoll");
+}
