@@ -10,6 +10,15 @@
 //! still reported with `DETAILS_UNAVAILABLE: true` and what the tier itself
 //! saw. It is never filled from whatever process has its pid now.
 //!
+//! Other flags: `ZOMBIE` (exited, not yet reaped when read), and for a
+//! command line past [`COMMAND_LINE_CAP`] bytes `COMMAND_LINE_TRUNCATED`,
+//! `COMMAND_LINE_LENGTH` (the original length in bytes, NULs included) and
+//! `COMMAND_LINE_CAP`. `TERMINATE_PROCESS` adds `EXIT_CODE`, or `EXIT_SIGNAL`
+//! for a process killed by a signal, when the tier knows it (not in `/proc`
+//! polling). File facts become `FILE_CREATE`, `FILE_DELETE`,
+//! `FILE_MODIFIED` and `FILE_RENAME` (with `NEW_FILE_PATH`). Byte fields that
+//! are not UTF-8 get a `<FIELD>_B64` sibling (see `picket_event::bytes`).
+//!
 //! NOTE: in the netlink and eBPF tiers a process that forks and never execs
 //! (a worker of a pre-forking server) is kept in the table as a parent but
 //! gets no NEW_PROCESS or TERMINATE_PROCESS of its own; the `/proc` polling
@@ -91,7 +100,11 @@ fn bump(counter: &AtomicU64) {
 }
 
 /// User names from `$HOST_FS/etc/passwd`, reloaded when the file changes
-/// (checked at most every [`UserNames::RECHECK`]).
+/// (checked at most every 5 s).
+///
+/// NOTE: a containerised process's uid is named from the host's passwd, not
+/// the container image's, so `USER_NAME` can differ from what `id` prints
+/// inside the container.
 pub struct UserNames {
     path: PathBuf,
     names: HashMap<u32, String>,

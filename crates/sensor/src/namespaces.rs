@@ -59,8 +59,8 @@ impl CgroupNs {
 }
 
 /// Compares the namespace `kind` of the sensor (`/proc/self/ns/<kind>` of the
-/// sensor's own procfs) with that of host pid 1 (or pid 2, see
-/// [`host_ns_file`]).
+/// sensor's own procfs) with that of host pid 1, or of pid 2 (`kthreadd`)
+/// when pid 1's is unreadable.
 pub fn compare_with_host(fs: &HostFs, kind: &str) -> NsState {
     compare_with_host_from(fs, Path::new("/proc/self/ns"), kind)
 }
