@@ -7,9 +7,11 @@
 pub mod collect;
 pub mod config;
 pub mod container;
+pub mod dns;
 pub mod enrich;
 pub mod hostfs;
 pub mod namespaces;
+pub mod netstat;
 pub mod output;
 pub mod process;
 pub mod sensor;

@@ -134,3 +134,5 @@ pub enum Fact {
         count: u64,
     },
 }
+
+pub mod net;
