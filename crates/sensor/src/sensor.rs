@@ -6,6 +6,11 @@
 //! eBPF, then the netlink process connector, then `/proc` polling, and
 //! records why each higher tier was not used. `--tier` names the highest
 //! tier to try. The reasons appear in the `CONNECTED` event and one log line.
+//!
+//! Beside the tier run the network collector, whose records are forwarded to
+//! the same outputs, and, with `-d KEY`, the transport to the platform. At
+//! shutdown the tier stops first, then the network collector, then
+//! enrichment drains its queue and the outputs flush.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
