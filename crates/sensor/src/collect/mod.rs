@@ -6,6 +6,10 @@
 //! from `$HOST_FS/proc` during enrichment, and flagged when the process was
 //! already gone.
 
+pub mod cnproc;
+pub mod ebpf;
+pub mod procscan;
+
 /// The acquisition tier in use, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tier {
@@ -30,12 +34,16 @@ impl Tier {
 pub struct ExecDetails {
     /// Path of the executable as the kernel resolved it (`d_path` of the file).
     pub exe: Vec<u8>,
+    /// True when `exe` was cut (too deep or too long to read whole).
+    pub exe_truncated: bool,
     pub argv: Vec<Vec<u8>>,
     /// Number of arguments the program really received.
     pub argc: u32,
     /// True when `argv` was cut (argument count or byte cap).
     pub argv_truncated: bool,
     pub cwd: Vec<u8>,
+    /// True when `cwd` was cut.
+    pub cwd_truncated: bool,
     pub uid: u32,
     pub gid: u32,
     /// cgroup v2 id (the inode of the cgroup directory), 0 when unknown.
@@ -126,3 +134,5 @@ pub enum Fact {
         count: u64,
     },
 }
+
+pub mod net;
