@@ -61,7 +61,7 @@ struct LiveStream {
     tasks: Arc<Notify>,
 }
 
-/// Another live stream holds the SID with a different instance id.
+/// Another live stream uses the SID with a different instance id.
 struct CloneOf {
     instance_id: String,
     ext_ip: String,
@@ -75,6 +75,9 @@ impl LiveSensors {
         ext_ip: &str,
     ) -> Result<(u64, Arc<Notify>), CloneOf> {
         let mut streams = self.streams.lock().expect("live sensors lock");
+        // NOTE: a sensor whose host lost power leaves its old stream registered
+        // until HTTP/2 keepalive notices (about 50 s), so its restarted
+        // instance is rejected as a clone until then and retries.
         if let Some(live) = streams.get(sid) {
             if live.instance_id != instance_id {
                 return Err(CloneOf {

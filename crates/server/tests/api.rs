@@ -1,5 +1,5 @@
 //! The HTTP API and the admin CLI against a server holding two
-//! organisations: each API key sees only its own organisation.
+//! organisations: each API key reads only its own organisation.
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! Event writes go through one connection and one transaction per group of
 //! batches, with `synchronous=FULL`, so an acknowledged batch survives a
 //! crash of the server process or the machine. Readers use their own
-//! connections and, thanks to WAL, never block the writer.
+//! connections, and in WAL mode a reader does not block the writer.
 //!
 //! Events are keyed by small integers for the organisation and the sensor
 //! and indexed on (sensor, event type, time) and (org, time). Every other
@@ -198,13 +198,20 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(interval)
-                {
-                    if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+                // Only changes between failing and working are logged, so a
+                // full disk does not write a line every interval.
+                let mut failing = false;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Err(error) if !failing => {
+                            failing = true;
+                            tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed, retrying");
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            tracing::info!(path = %path.display(), "WAL checkpoint works again");
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -714,21 +721,29 @@ impl Store for SqliteStore {
                 Some(org_id) => Some(org_num(conn, &self.path, org_id)?),
                 None => None,
             };
-            if let Some(org) = org {
-                bind(
-                    &mut sql,
-                    &mut args,
-                    " AND e.org = ?",
-                    SqlValue::Integer(org),
-                );
-            }
-            if let Some(sensor) = &q.sensor {
-                let nums = sensor_nums(conn, &self.path, org, sensor)?;
-                if nums.is_empty() {
-                    return Ok(Vec::new());
+            // Sensors are resolved within the organisation, so a sensor filter
+            // confines the query by itself. Leaving the org term out then keeps
+            // SQLite on the (sensor, type, time) index instead of scanning the
+            // whole organisation's time range.
+            match &q.sensor {
+                Some(sensor) => {
+                    let nums = sensor_nums(conn, &self.path, org, sensor)?;
+                    if nums.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let list: Vec<String> = nums.iter().map(i64::to_string).collect();
+                    sql.push_str(&format!(" AND e.sensor IN ({})", list.join(",")));
                 }
-                let list: Vec<String> = nums.iter().map(i64::to_string).collect();
-                sql.push_str(&format!(" AND e.sensor IN ({})", list.join(",")));
+                None => {
+                    if let Some(org) = org {
+                        bind(
+                            &mut sql,
+                            &mut args,
+                            " AND e.org = ?",
+                            SqlValue::Integer(org),
+                        );
+                    }
+                }
             }
             if let Some(event_type) = &q.event_type {
                 bind(
