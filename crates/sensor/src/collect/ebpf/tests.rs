@@ -727,3 +727,82 @@ fn container_fork_exit_and_files() {
     });
     assert_eq!(exit, Some(Some(7 << 8)));
 }
+
+#[test]
+fn full_queue_is_reported_as_dropped() {
+    if let Err(error) = probe(Path::new("/")) {
+        return drop(skip_or_fail(&error.to_string()));
+    }
+    let (tx, rx) = sync_channel(1);
+    let config = EbpfConfig {
+        files: no_files(),
+        ..EbpfConfig::default()
+    };
+    let handle = start(&config, tx).expect("start the eBPF tier");
+    for _ in 0..50 {
+        run(&mut Command::new("/bin/true"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let overflow = handle.losses().queue_overflow;
+    assert!(overflow >= 50, "queue overflow count {overflow}");
+    let dropped = collect(
+        &rx,
+        Duration::from_secs(3),
+        |f| {
+            matches!(
+                f,
+                Fact::Dropped {
+                    reason: "queue_overflow",
+                    ..
+                }
+            )
+        },
+        |k| !k.is_empty(),
+    );
+    assert!(
+        !dropped.is_empty(),
+        "no queue_overflow fact once the queue had room"
+    );
+}
+
+#[test]
+fn oversized_record_counts_ringbuf_loss() {
+    if let Err(error) = probe(Path::new("/")) {
+        return drop(skip_or_fail(&error.to_string()));
+    }
+    let (tx, rx) = sync_channel(10_000);
+    // One page: an exec record with a 6,000-byte argument cannot fit.
+    let config = EbpfConfig {
+        ring_bytes: 4096,
+        files: no_files(),
+        ..EbpfConfig::default()
+    };
+    let handle = start(&config, tx).expect("start the eBPF tier");
+    let big = "c".repeat(6000);
+    let pid = run(Command::new("/bin/true").arg(&big));
+
+    let facts = collect(
+        &rx,
+        Duration::from_secs(3),
+        |f| {
+            matches!(
+                f,
+                Fact::Dropped {
+                    reason: "ringbuf_reserve",
+                    ..
+                }
+            )
+        },
+        |k| !k.is_empty(),
+    );
+    assert!(
+        handle.losses().ringbuf_reserve >= 1,
+        "{:?}",
+        handle.losses()
+    );
+    assert!(
+        !facts.is_empty(),
+        "no ringbuf_reserve fact for the lost exec of pid {pid}"
+    );
+}
