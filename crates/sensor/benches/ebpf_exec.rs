@@ -462,7 +462,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 fn print_table(execs: u32, rows: &[Row]) {
     println!("exec storm: {execs} execs of /bin/true <nonce> <i> per run");
     println!(
-        "{:<10} {:<8} {:<9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>9}  {}",
+        "{:<10} {:<8} {:<9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>9}  observer losses",
         "place",
         "target",
         "observer",
@@ -472,8 +472,7 @@ fn print_table(execs: u32, rows: &[Row]) {
         "wall+%",
         "cpu+%",
         "peak RSS",
-        "end RSS",
-        "observer losses"
+        "end RSS"
     );
     for r in rows {
         println!(

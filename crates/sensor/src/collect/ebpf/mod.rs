@@ -469,6 +469,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
     let enabled = u32::from(with_files);
     let prefix_count = config.files.prefixes.len() as u32;
     let burst = config.files.burst.max(1);
+    let wakeup_bytes = u64::from(config.ring_bytes / 8).min(256 * 1024);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(btf))
@@ -477,6 +478,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
         .set_global("prefix_count", &prefix_count, true)
         .set_global("file_rate_per_sec", &config.files.rate_per_sec, true)
         .set_global("file_burst", &burst, true)
+        .set_global("wakeup_bytes", &wakeup_bytes, true)
         .set_max_entries("exec_scratch", possible_cpus())
         .set_max_entries("events", config.ring_bytes);
     for (name, number) in SYSCALLS {
@@ -670,7 +672,9 @@ impl Reader {
         let mut reported = [0u64; 4];
 
         while !self.stop.load(Ordering::Relaxed) {
-            self.wait_readable(Duration::from_millis(100));
+            // Records mostly do not wake the reader (see wakeup_flag in the
+            // BPF source), so this timeout is the usual delivery delay.
+            self.wait_readable(Duration::from_millis(20));
             while let Some(record) = self.ring.next() {
                 match wire::decode(&record, &clock) {
                     Ok(fact) => {
