@@ -11,9 +11,9 @@
 //! with no libbpf or libelf to ship. It performs CO-RE relocation against the
 //! kernel BTF it is given, so that BTF can come from under `HOST_FS`.
 //!
-//! Entry points: [`probe`] says whether the tier can run here, [`start`] loads
-//! the programs and streams [`Fact`]s to a channel until the returned
-//! [`EbpfHandle`] is dropped; [`EbpfHandle::losses`] feeds health output.
+//! Entry points: [`probe`] checks whether the tier can run here. [`start`]
+//! loads the programs and streams [`Fact`]s to a channel until the returned
+//! [`EbpfHandle`] is dropped. [`EbpfHandle::losses`] feeds health output.
 
 pub mod code_identity;
 mod wire;

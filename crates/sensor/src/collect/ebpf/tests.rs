@@ -42,19 +42,19 @@ fn no_files() -> FileConfig {
     }
 }
 
-/// Collects facts until `done` returns true on the collected list or the
-/// timeout passes.
+/// Collects the facts `accept` selects until `done` returns true on them or
+/// the timeout passes.
 fn collect(
     rx: &Receiver<Fact>,
     timeout: Duration,
-    mut keep: impl FnMut(&Fact) -> bool,
+    mut accept: impl FnMut(&Fact) -> bool,
     mut done: impl FnMut(&[Fact]) -> bool,
 ) -> Vec<Fact> {
     let deadline = Instant::now() + timeout;
     let mut kept = Vec::new();
     while Instant::now() < deadline && !done(&kept) {
         if let Ok(fact) = rx.recv_timeout(Duration::from_millis(50)) {
-            if keep(&fact) {
+            if accept(&fact) {
                 kept.push(fact);
             }
         }
