@@ -246,7 +246,10 @@ fn btf_candidates(host_fs: &Path) -> Vec<PathBuf> {
 }
 
 fn find_btf(host_fs: &Path) -> Result<PathBuf, Unavailable> {
-    let searched = btf_candidates(host_fs);
+    first_file(btf_candidates(host_fs))
+}
+
+fn first_file(searched: Vec<PathBuf>) -> Result<PathBuf, Unavailable> {
     searched
         .iter()
         .find(|path| path.is_file())
@@ -424,11 +427,7 @@ fn program_error(program: &'static str, source: ProgramError) -> LoadError {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(4).collect();
             let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-            let log_tail = if log_tail.is_empty() {
-                io_error.to_string()
-            } else {
-                log_tail
-            };
+            let log_tail = format!("{io_error}: {log_tail}");
             LoadError::Verifier {
                 program,
                 log_tail,
@@ -438,6 +437,23 @@ fn program_error(program: &'static str, source: ProgramError) -> LoadError {
         ProgramError::LoadError { .. } => LoadError::PermissionDenied { program, source },
         source => LoadError::Program { program, source },
     }
+}
+
+/// Runs `f` with every blockable signal blocked in the calling thread.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, for the saved mask that pthread_sigmask fills.
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid for the calls; only this thread's mask changes.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+    }
+    let result = f();
+    // SAFETY: restores the mask saved above for this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    result
 }
 
 fn attach(
@@ -454,8 +470,24 @@ fn attach(
         })?
         .try_into()
         .map_err(|source| LoadError::Program { program, source })?;
-    prog.load(hook, btf)
-        .map_err(|source| program_error(program, source))?;
+    // The verifier gives up with EAGAIN when a signal is pending for the
+    // loading thread, so signals are blocked here (another thread takes a
+    // process-wide signal meanwhile) and an EAGAIN load is retried, as libbpf
+    // does.
+    let mut attempt = 0;
+    loop {
+        let result = with_signals_blocked(|| prog.load(hook, btf));
+        match result {
+            Ok(()) => break,
+            Err(ProgramError::LoadError { io_error, .. })
+                if attempt < 5 && io_error.raw_os_error() == Some(libc::EAGAIN) =>
+            {
+                attempt += 1;
+                tracing::debug!(program, attempt, error = %io_error, "retrying program load");
+            }
+            Err(source) => return Err(program_error(program, source)),
+        }
+    }
     prog.attach().map_err(|source| LoadError::Attach {
         program,
         hook,

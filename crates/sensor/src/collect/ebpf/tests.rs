@@ -29,9 +29,13 @@ fn start_tier(files: FileConfig) -> Option<(EbpfHandle, Receiver<Fact>)> {
         files,
         ..EbpfConfig::default()
     };
+    // The probe passed, so a failure here is a bug, not a missing prerequisite.
     match start(&config, tx) {
         Ok(handle) => Some((handle, rx)),
-        Err(error) => skip_or_fail(&format!("{error}: {:?}", std::error::Error::source(&error))),
+        Err(error) => panic!(
+            "start failed after a successful probe: {error}: {:?}",
+            std::error::Error::source(&error)
+        ),
     }
 }
 
@@ -805,4 +809,58 @@ fn oversized_record_counts_ringbuf_loss() {
         !facts.is_empty(),
         "no ringbuf_reserve fact for the lost exec of pid {pid}"
     );
+}
+
+#[test]
+fn missing_btf_names_searched_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let searched = vec![
+        dir.path().join("sys/kernel/btf/vmlinux"),
+        dir.path().join("vmlinux"),
+    ];
+    let error = first_file(searched).unwrap_err();
+    let message = error.to_string();
+    assert!(message.starts_with("no kernel BTF at "), "{message}");
+    assert!(message.contains("sys/kernel/btf/vmlinux or "), "{message}");
+    assert!(message.contains("CONFIG_DEBUG_INFO_BTF"), "{message}");
+}
+
+#[test]
+fn btf_under_host_fs_comes_first() {
+    let candidates = btf_candidates(Path::new("/rootfs"));
+    assert_eq!(candidates[0], Path::new("/rootfs/sys/kernel/btf/vmlinux"));
+    assert_eq!(candidates[1], Path::new("/sys/kernel/btf/vmlinux"));
+    assert_eq!(btf_candidates(Path::new("/")).len(), 1);
+}
+
+#[test]
+fn kernel_release_parses_major_minor() {
+    let cases = [
+        ("6.18.44-fc-v1272", Some((6, 18))),
+        ("5.4.0-150-generic", Some((5, 4))),
+        ("5.10.0-28-amd64", Some((5, 10))),
+        ("4.19.0", Some((4, 19))),
+        ("", None),
+    ];
+    for (release, expected) in cases {
+        assert_eq!(kernel_version(release), expected, "{release}");
+    }
+    assert!(kernel_version("5.4.0").unwrap() < (5, 8));
+    assert!(kernel_version("5.10.0").unwrap() >= (5, 8));
+}
+
+#[test]
+fn invalid_prefixes_are_rejected_by_name() {
+    let relative = prefix_entries(&["etc".to_owned()])
+        .err()
+        .expect("relative prefix");
+    assert_eq!(
+        relative.to_string(),
+        "file path prefix \"etc\" is invalid: must be an absolute path"
+    );
+    let long = format!("/{}", "x".repeat(300));
+    assert!(prefix_entries(&[long]).is_err());
+    let nine: Vec<String> = (0..9).map(|i| format!("/p{i}")).collect();
+    assert!(prefix_entries(&nine).is_err());
+    assert_eq!(prefix_entries(&["/etc".to_owned()]).unwrap()[0].len, 4);
 }
