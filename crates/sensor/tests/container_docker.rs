@@ -295,3 +295,95 @@ fn private_cgroupns_view_resolves_with_prefix() {
         Some(reader.id.as_str())
     );
 }
+
+#[test]
+fn docker_bundle_alone_names_runtime() {
+    if !docker_ready() {
+        return;
+    }
+    let container = TestContainer::start(&unique_name("bundle"), &[]);
+    let cgroup = container.cgroup_text();
+
+    // A HOST_FS that shows only the host's /run: Docker's config.v2.json is
+    // out of sight, so the runtime must come from the containerd bundle
+    // dockerd keeps in the `moby` namespace.
+    let host = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/run", host.path().join("run")).unwrap();
+    let bundle_visible = [
+        "run/containerd/io.containerd.runtime.v2.task/moby",
+        "run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby",
+    ]
+    .iter()
+    .any(|dir| {
+        host.path()
+            .join(dir)
+            .join(&container.id)
+            .join("config.json")
+            .exists()
+    });
+    assert!(
+        bundle_visible,
+        "no containerd bundle for {} under /run",
+        container.id
+    );
+
+    let resolver = ContainerResolver::new(host.path());
+    let info = resolver.resolve(&cgroup).expect("container attributed");
+    assert_eq!(info.id, container.id);
+    assert_eq!(info.runtime.map(|r| r.as_str()), Some("docker"));
+    assert_eq!(info.name, None, "the bundle carries no Docker name");
+    assert!(
+        info.metadata_files
+            .iter()
+            .any(|p| p.ends_with(format!("moby/{}/config.json", container.id))),
+        "metadata not read from the bundle: {:?}",
+        info.metadata_files
+    );
+}
+
+#[test]
+fn nested_container_read_through_outer_root() {
+    if !docker_ready() {
+        return;
+    }
+    // The outer container plays a kind node: a containerd bundle is
+    // written inside it, and the nested container's cgroup path is the one a
+    // node's kubelet would create below it. The resolver must find the bundle
+    // through /proc/<pid>/root of the outer container's process.
+    let outer = TestContainer::start(&unique_name("node"), &[]);
+    let inner_id = format!("{:0>64x}", u64::from(std::process::id()) << 8 | 0x5a);
+    let uid = "0b3f6a3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    let bundle = format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{inner_id}");
+    let config = r#"{"annotations":{"io.kubernetes.cri.container-name":"web","io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.image-name":"nginx:1.27"}}"#;
+    docker(&[
+        "exec",
+        &outer.name,
+        "sh",
+        "-c",
+        &format!("mkdir -p {bundle} && echo '{config}' > {bundle}/config.json"),
+    ]);
+
+    let cgroup = format!(
+        "0::/docker/{}/kubepods/besteffort/pod{uid}/{inner_id}",
+        outer.id
+    );
+    let resolver = ContainerResolver::new(Path::new("/"));
+    let info = resolver
+        .resolve(&cgroup)
+        .expect("nested container attributed");
+    assert_eq!(info.id, inner_id);
+    assert_eq!(info.outer_id.as_deref(), Some(outer.id.as_str()));
+    assert_eq!(info.runtime.map(|r| r.as_str()), Some("containerd"));
+    assert_eq!(info.pod_name.as_deref(), Some("web-0"));
+    assert_eq!(info.pod_namespace.as_deref(), Some("shop"));
+    assert_eq!(info.pod_uid.as_deref(), Some(uid));
+    assert_eq!(info.k8s_container_name.as_deref(), Some("web"));
+    assert_eq!(info.image.as_deref(), Some("nginx:1.27"));
+    assert!(
+        info.metadata_files
+            .iter()
+            .any(|p| p.starts_with("/proc") && p.ends_with("config.json")),
+        "bundle not read through /proc/<pid>/root: {:?}",
+        info.metadata_files
+    );
+}

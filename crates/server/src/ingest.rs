@@ -7,6 +7,7 @@
 //! be stored is never acknowledged: the stream ends with an error and the
 //! sensor sends it again later.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,9 @@ use picket_event::proto::{
     ServerMessage, Task, TaskReply,
 };
 use picket_event::record::now_ms;
-use picket_event::Record;
+use picket_event::{Record, Routing};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -454,7 +457,7 @@ impl Ingest {
             .set("NEW_INSTANCE_ID", hello.instance_id.as_str())
             .set("NEW_EXT_IP", context.ext_ip.as_str())
             .set("NEW_HOSTNAME", hello.hostname.as_str());
-        let row = route_record(context, record);
+        let row = route_bytes(context, record.to_json_line().as_bytes()).expect("a Record routes");
         let batch = BatchWrite {
             sensor_num: context.sensor.num,
             org_num: context.sensor.org_num,
@@ -735,18 +738,49 @@ fn route_batch(context: &RouteContext, records: Vec<Vec<u8>>) -> (Vec<EventRow>,
     let mut rows = Vec::with_capacity(records.len());
     let mut invalid = 0;
     for bytes in records {
-        match serde_json::from_slice::<Record>(&bytes) {
-            Ok(record) => rows.push(route_record(context, record)),
-            Err(_) => invalid += 1,
+        match route_bytes(context, &bytes) {
+            Some(row) => rows.push(row),
+            None => invalid += 1,
         }
     }
     (rows, invalid)
 }
 
-/// Overwrites the server-owned routing fields and extracts indexed columns.
-fn route_record(context: &RouteContext, mut record: Record) -> EventRow {
+/// A record as received: the routing is rewritten, the event object is
+/// kept byte for byte and only scanned for the indexed fields.
+#[derive(Deserialize)]
+struct IncomingRecord<'a> {
+    routing: Routing,
+    #[serde(borrow)]
+    event: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct IndexedFields<'a> {
+    #[serde(rename = "CONTAINER", default, borrow)]
+    container: Option<ContainerFields<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ContainerFields<'a> {
+    #[serde(rename = "ID", default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "NAME", default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(rename = "POD_NAME", default, borrow)]
+    pod_name: Option<Cow<'a, str>>,
+    #[serde(rename = "POD_NAMESPACE", default, borrow)]
+    pod_namespace: Option<Cow<'a, str>>,
+}
+
+/// Overwrites the server-owned routing fields and extracts indexed columns;
+/// `None` when the bytes are not a record with an event object.
+fn route_bytes(context: &RouteContext, bytes: &[u8]) -> Option<EventRow> {
+    let incoming: IncomingRecord<'_> = serde_json::from_slice(bytes).ok()?;
+    let indexed: IndexedFields<'_> = serde_json::from_str(incoming.event.get()).ok()?;
+    let mut routing = incoming.routing;
+
     let sensor = &context.sensor;
-    let routing = &mut record.routing;
     routing.oid = Some(sensor.org_id.clone());
     routing.sid = Some(sensor.sid.clone());
     routing.iid = Some(sensor.iid.clone());
@@ -758,25 +792,24 @@ fn route_record(context: &RouteContext, mut record: Record) -> EventRow {
         routing.event_id = uuid::Uuid::new_v4().to_string();
     }
 
-    let container = record
-        .event
-        .get(picket_event::types::container::KEY)
-        .and_then(|v| v.as_object());
-    let field = |key: &str| {
-        container
-            .and_then(|c| c.get(key))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    use picket_event::types::container as c;
-    EventRow {
-        event_type: record.routing.event_type.clone(),
-        event_time: record.routing.event_time,
-        event_id: record.routing.event_id.clone(),
-        container_id: field(c::ID),
-        container_name: field(c::NAME),
-        pod_name: field(c::POD_NAME),
-        pod_namespace: field(c::POD_NAMESPACE),
-        record: record.to_json_line(),
-    }
+    let mut record = Vec::with_capacity(bytes.len() + 256);
+    record.extend_from_slice(b"{\"routing\":");
+    serde_json::to_writer(&mut record, &routing).ok()?;
+    record.extend_from_slice(b",\"event\":");
+    record.extend_from_slice(incoming.event.get().as_bytes());
+    record.push(b'}');
+    let record = String::from_utf8(record).ok()?;
+
+    let container = indexed.container;
+    let owned = |field: Option<&Cow<'_, str>>| field.map(|v| v.clone().into_owned());
+    Some(EventRow {
+        event_type: routing.event_type,
+        event_time: routing.event_time,
+        event_id: routing.event_id,
+        container_id: owned(container.as_ref().and_then(|c| c.id.as_ref())),
+        container_name: owned(container.as_ref().and_then(|c| c.name.as_ref())),
+        pod_name: owned(container.as_ref().and_then(|c| c.pod_name.as_ref())),
+        pod_namespace: owned(container.as_ref().and_then(|c| c.pod_namespace.as_ref())),
+        record,
+    })
 }

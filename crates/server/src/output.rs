@@ -112,8 +112,8 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert_eq!(lines[0], "ONE         TWO       THREE");
-        assert_eq!(lines[1], "a           x\\ny      z");
+        assert_eq!(lines[0], "ONE         TWO        THREE");
+        assert_eq!(lines[1], "a           x\\ny       z");
         assert!(!text.contains('\x1b'));
     }
 

@@ -20,9 +20,9 @@
 //!   wins.
 //! - Paths are relative to the reader's cgroup namespace root. A reader in a
 //!   private namespace reads `/../<sibling>` for other containers and `/` for
-//!   its own cgroup. Such paths are resolved against a caller-supplied prefix (the
-//!   reader's own cgroup as the host sees it); without one, the leading `..`
-//!   segments are dropped and the result says that the path was not resolved.
+//!   its own cgroup. Such paths are resolved against a caller-supplied prefix,
+//!   the host path of the namespace root. Without one, the leading `..`
+//!   segments are dropped and the result flags the path as unresolved.
 
 use super::Runtime;
 
@@ -95,11 +95,12 @@ impl CgroupLine<'_> {
 /// Parses `/proc/<pid>/cgroup` content (cgroup v1, v2 or hybrid) or a bare
 /// cgroup path.
 ///
-/// `host_prefix` is the host path of the reader's own cgroup (for example
-/// `/system.slice/docker-<id>.scope`). Pass it when the reader runs in a
-/// private cgroup namespace: every path is then taken as relative to it, so
-/// `/../docker-<id>.scope` and `/` both resolve. Pass `None` when the reader
-/// is in the host cgroup namespace.
+/// `host_prefix` is the host path of the root of the reader's cgroup
+/// namespace, which for a container with a private namespace is its own
+/// cgroup (for example `/system.slice/docker-<id>.scope`). Every path is then
+/// taken as relative to it, so `/../docker-<id>.scope` and `/` both resolve.
+/// Pass `None` when the reader is in the host cgroup namespace, and see
+/// [`find_host_cgroup_prefix`](super::find_host_cgroup_prefix).
 pub fn parse_cgroup(text: &str, host_prefix: Option<&str>) -> CgroupAttribution {
     let lines = split_lines(text);
     if lines.is_empty() {
@@ -275,8 +276,8 @@ fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAtt
         .find(|(l, _, a)| matches!(l.hierarchy, Some(("0", _))) && a.found.is_empty())
     {
         notes.push(format!(
-            "the v2 line `{}` names no container, so the v1 lines decide (hybrid host with \
-             the cgroupfs driver)",
+            "the v2 line `{}` names no container, so the v1 lines decide, as on hybrid hosts with \
+             the cgroupfs driver",
             v2_line.label()
         ));
     }
@@ -289,7 +290,9 @@ fn choose(analysed: &[Analysed<'_, '_>], host_prefix: Option<&str>) -> CgroupAtt
         .max_by_key(|(_, _, a)| (a.found.len(), a.pod_uid.is_some()))
         .expect("the winner was taken from these lines");
     let inner = analysis.found.last().expect("line carries the winner");
-    let outer = (analysis.found.len() > 1).then(|| analysis.found[0].id.clone());
+    let outer = Some(&analysis.found[0].id)
+        .filter(|outer| **outer != winner)
+        .cloned();
     let pod_uid = analysed
         .iter()
         .filter(|(_, _, a)| a.found.last().is_some_and(|f| f.id == winner))
@@ -455,11 +458,11 @@ fn trap_note(segment: &str, parent: Option<&str>) -> Option<String> {
         ));
     }
     if segment == "conmon" && parent == Some("libpod_parent") {
-        return Some("`libpod_parent/conmon` holds podman's conmon monitors".to_string());
+        return Some("`libpod_parent/conmon` contains podman's conmon monitors".to_string());
     }
     if segment == "buildkit" && parent == Some("docker") {
         return Some(
-            "`/docker/buildkit` holds BuildKit build steps, not Docker containers".to_string(),
+            "`/docker/buildkit` contains BuildKit build steps, not Docker containers".to_string(),
         );
     }
     if let Some(name) = segment.strip_prefix("lxc.monitor.") {
@@ -665,6 +668,18 @@ fn classify_bare_hex(
     }
 }
 
+/// Uid of the systemd user manager (`user@<uid>.service`) whose tree contains
+/// `path`, where rootless runtimes put their containers.
+pub(crate) fn user_manager_uid(path: &str) -> Option<u32> {
+    path.split('/').find_map(|segment| {
+        segment
+            .strip_prefix("user@")?
+            .strip_suffix(".service")?
+            .parse()
+            .ok()
+    })
+}
+
 /// `<slice>:<prefix>:<id>` as one segment.
 fn colon_form(segment: &str) -> Option<(&str, Option<Found>)> {
     let mut parts = segment.splitn(3, ':');
@@ -719,7 +734,7 @@ fn is_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn is_hex64(s: &str) -> bool {
+pub(crate) fn is_hex64(s: &str) -> bool {
     s.len() == 64 && is_hex(s)
 }
 
@@ -898,10 +913,86 @@ mod tests {
     }
 
     #[test]
+    fn repeated_id_is_not_its_own_outer() {
+        let result = parse_cgroup(&format!("/docker/{ID_A}/docker/{ID_A}"), None);
+        assert_eq!(result.container_id.as_deref(), Some(ID_A));
+        assert_eq!(result.outer_container_id, None);
+    }
+
+    #[test]
     fn empty_text_is_no_container() {
         let result = parse_cgroup("\n\n", None);
         assert_eq!(result.container_id, None);
         assert_eq!(result.reason, "empty cgroup content");
+    }
+
+    #[test]
+    fn random_token_paths_keep_invariants() {
+        const TOKENS: [&str; 24] = [
+            "/",
+            "..",
+            "docker",
+            "docker-",
+            ".scope",
+            ":",
+            "\n",
+            "0::",
+            "4:memory:",
+            "pod",
+            "kubepods",
+            "kubepods-besteffort-pod",
+            "_",
+            "-",
+            ".slice",
+            "lxc.payload.",
+            "\\x2d",
+            "\\x",
+            "é",
+            "machine-",
+            "payload",
+            "crio-conmon-",
+            "garden",
+            ID_A,
+        ];
+        // A fixed linear congruential sequence keeps failures reproducible.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = (state >> 59) as usize + 1;
+            for _ in 0..length {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(TOKENS[(state >> 33) as usize % TOKENS.len()]);
+            }
+
+            let result = parse_cgroup(&text, None);
+            if let Some(id) = &result.container_id {
+                assert!(!id.is_empty(), "empty id from {text:?}");
+                assert_ne!(
+                    result.outer_container_id.as_ref(),
+                    Some(id),
+                    "outer equals inner for {text:?}"
+                );
+            } else {
+                assert_eq!(
+                    result.runtime_hint, None,
+                    "runtime without container for {text:?}"
+                );
+                assert_eq!(
+                    result.outer_container_id, None,
+                    "outer without inner for {text:?}"
+                );
+            }
+            let prefixed = parse_cgroup(&text, Some("/system.slice/x.scope"));
+            assert!(
+                !prefixed.unresolved_relative,
+                "unresolved with a prefix: {text:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,9 +20,9 @@ pub fn explain_cgroup(text: &str) -> Value {
 
 /// Explains the decision for `text` with the resolver's cgroup prefix and a
 /// fresh, uncached metadata lookup. Adds `container` (the `CONTAINER` object
-/// an event would carry, or null), `metadata_files` and `metadata_complete`;
-/// `runtime` and `runtime_source` then come from the metadata when it names the
-/// runtime.
+/// an event would carry, or null), `metadata_files` and `metadata_complete`.
+/// `runtime` and `runtime_source` then come from the metadata when it names
+/// the runtime.
 pub fn explain_cgroup_with_metadata(resolver: &ContainerResolver, text: &str) -> Value {
     let attribution = parse_cgroup(text, resolver.config().cgroup_prefix.as_deref());
     let mut out = attribution_json(&attribution);

@@ -48,7 +48,7 @@ pub enum HostCgroupError {
 /// Hierarchies searched, v2 first: `sys/fs/cgroup` on a v2 host,
 /// `sys/fs/cgroup/unified` on a hybrid one, then v1 hierarchies that every
 /// runtime places containers in.
-const HIERARCHIES: [(&str, &str); 5] = [
+pub(crate) const HIERARCHIES: [(&str, &str); 5] = [
     ("sys/fs/cgroup", ""),
     ("sys/fs/cgroup/unified", ""),
     ("sys/fs/cgroup/pids", "pids"),
@@ -72,6 +72,14 @@ const HIERARCHIES: [(&str, &str); 5] = [
 /// in every hierarchy, as Docker's cgroupfs and systemd drivers do, but not on
 /// a hybrid host whose v2 line differs from the v1 lines.
 pub fn find_host_cgroup_prefix(host_fs: &Path) -> Result<Option<String>, HostCgroupError> {
+    // Same namespace as host pid 1: no search needed. Reading pid 1's link
+    // needs ptrace access to it, so a failure falls through to the search.
+    let own_namespace = std::fs::read_link("/proc/self/ns/cgroup").ok();
+    let host_namespace = std::fs::read_link(host_fs.join("proc/1/ns/cgroup")).ok();
+    if own_namespace.is_some() && own_namespace == host_namespace {
+        return Ok(None);
+    }
+
     let pid = host_pid(host_fs)?;
     let (root, controller) = hierarchy_root(host_fs)?;
     let host_path = find_pid_cgroup(&root, pid)?;

@@ -17,9 +17,17 @@
 //! - The kubelet: `var/log/containers/<pod>_<namespace>_<container>-<id>.log`
 //!   symlinks to `/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log`.
 //!
-//! NOTE: rootless Docker and rootless podman keep their metadata in the user's
-//! home directory, which is not searched. Such containers get only the id and
-//! the runtime named by the cgroup path.
+//! - Rootless Docker: `<home>/.local/share/docker/containers/<id>/config.v2.json`,
+//!   with the home directory of the uid whose `user@<uid>.service` contains the
+//!   container, from `$HOST_FS/etc/passwd`.
+//!
+//! - Podman (root and rootless) uses the same `userdata/config.json` as
+//!   CRI-O and keeps names in the containers/storage index
+//!   `overlay-containers/containers.json`.
+//!
+//! NOTE: rootless runtimes with `XDG_DATA_HOME`, `--data-root` or `graphroot`
+//! moved are not searched. Such containers get only the id and the runtime
+//! named by the cgroup path.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -31,6 +39,8 @@ use super::Runtime;
 
 /// Largest metadata file read; Docker and OCI configs are tens of kilobytes.
 const MAX_METADATA_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest containers/storage index read; it has about 1 KiB per container.
+const MAX_STORAGE_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 
 const DOCKER_CONTAINERS: &str = "var/lib/docker/containers";
 const CONTAINERD_TASK_ROOTS: [&str; 4] = [
@@ -41,9 +51,11 @@ const CONTAINERD_TASK_ROOTS: [&str; 4] = [
     // service, also Docker in Docker) keeps the bundles here.
     "run/docker/containerd/daemon/io.containerd.runtime.v2.task",
 ];
+/// containers/storage graph root, which also has the `containers.json` index.
+const CONTAINERS_STORAGE_GRAPH: &str = "var/lib/containers/storage/overlay-containers";
 const CRIO_CONTAINER_ROOTS: [&str; 2] = [
     "run/containers/storage/overlay-containers",
-    "var/lib/containers/storage/overlay-containers",
+    CONTAINERS_STORAGE_GRAPH,
 ];
 const KUBELET_LOG_LINKS: &str = "var/log/containers";
 
@@ -124,11 +136,47 @@ pub(crate) fn read_runtime_metadata(
 
 /// Docker `config.v2.json`.
 pub(crate) fn read_docker(host_fs: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
-    let path = host_fs
-        .join(DOCKER_CONTAINERS)
-        .join(id)
-        .join("config.v2.json");
-    let Some(config) = read_json(&path)? else {
+    read_docker_in(&host_fs.join(DOCKER_CONTAINERS), id)
+}
+
+/// Rootless Docker `config.v2.json` in the home directory of `uid`.
+pub(crate) fn read_rootless_docker(
+    host_fs: &Path,
+    uid: u32,
+    id: &str,
+) -> Result<Option<Metadata>, MetadataError> {
+    if !is_safe_id(id) {
+        return Ok(None);
+    }
+    let Some(home) = home_directory(host_fs, uid)? else {
+        return Ok(None);
+    };
+    let containers = host_fs
+        .join(home.trim_start_matches('/'))
+        .join(".local/share/docker/containers");
+    read_docker_in(&containers, id)
+}
+
+/// Home directory of `uid` from `$HOST_FS/etc/passwd`.
+fn home_directory(host_fs: &Path, uid: u32) -> Result<Option<String>, MetadataError> {
+    let path = host_fs.join("etc/passwd");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(MetadataError::Read { path, source }),
+    };
+    let uid = uid.to_string();
+    let home = text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2] == uid).then(|| fields[5].to_string())
+    });
+    // A home outside `/` or with `..` could point anywhere under HOST_FS.
+    Ok(home.filter(|h| h.starts_with('/') && !h.split('/').any(|s| s == "..")))
+}
+
+fn read_docker_in(containers: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
+    let path = containers.join(id).join("config.v2.json");
+    let Some(config) = read_json(&path, MAX_METADATA_BYTES)? else {
         return Ok(None);
     };
 
@@ -148,38 +196,121 @@ pub(crate) fn read_docker(host_fs: &Path, id: &str) -> Result<Option<Metadata>, 
 
 /// CRI-O (or root podman) `userdata/config.json`.
 pub(crate) fn read_crio(host_fs: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
-    for root in CRIO_CONTAINER_ROOTS {
-        let path = host_fs.join(root).join(id).join("userdata/config.json");
-        let Some(config) = read_json(&path)? else {
+    let userdata_roots: Vec<PathBuf> = CRIO_CONTAINER_ROOTS
+        .iter()
+        .map(|root| host_fs.join(root))
+        .collect();
+    let graph_root = host_fs.join(CONTAINERS_STORAGE_GRAPH);
+    read_containers_storage(&userdata_roots, &graph_root, id)
+}
+
+/// Rootless podman: `userdata/config.json` under `/run/user/<uid>/containers`
+/// or the home directory, names in the home directory's `containers.json`.
+pub(crate) fn read_rootless_podman(
+    host_fs: &Path,
+    uid: u32,
+    id: &str,
+) -> Result<Option<Metadata>, MetadataError> {
+    if !is_safe_id(id) {
+        return Ok(None);
+    }
+    let Some(home) = home_directory(host_fs, uid)? else {
+        return Ok(None);
+    };
+    let graph_root = host_fs
+        .join(home.trim_start_matches('/'))
+        .join(".local/share/containers/storage/overlay-containers");
+    let run_root = host_fs.join(format!("run/user/{uid}/containers/overlay-containers"));
+    read_containers_storage(&[run_root, graph_root.clone()], &graph_root, id)
+}
+
+/// Reads a container of the containers/storage library (CRI-O, podman):
+/// annotations from `<root>/<id>/userdata/config.json` in the first root that
+/// has it, then the name and image from the graph root's `containers.json`
+/// where the annotations lack them.
+fn read_containers_storage(
+    userdata_roots: &[PathBuf],
+    graph_root: &Path,
+    id: &str,
+) -> Result<Option<Metadata>, MetadataError> {
+    for root in userdata_roots {
+        let path = root.join(id).join("userdata/config.json");
+        let Some(config) = read_json(&path, MAX_METADATA_BYTES)? else {
             continue;
         };
-        let empty = Map::new();
-        let annotations = config
-            .get("annotations")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let mut found = containers_storage_annotations(&config, path);
+        if found.name.is_none() || found.image.is_none() {
+            if let Some(entry) = read_storage_entry(graph_root, id)? {
+                found.fill_from(entry);
+            }
+        }
+        return Ok(Some(found));
+    }
+    Ok(None)
+}
 
-        // CRI-O also copies the kubelet's labels into one JSON-encoded
-        // annotation; use it when the plain keys are missing.
-        let labels: Map<String, Value> = string_in(annotations, "io.kubernetes.cri-o.Labels")
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
-        let kube = |key: &str| string_in(annotations, key).or_else(|| string_in(&labels, key));
+fn containers_storage_annotations(config: &Value, path: PathBuf) -> Metadata {
+    let empty = Map::new();
+    let annotations = config
+        .get("annotations")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
 
-        let runtime = match string_in(annotations, "io.container.manager").as_deref() {
-            Some("libpod") => Runtime::Podman,
-            _ => Runtime::CriO,
+    // CRI-O also copies the kubelet's labels into one JSON-encoded
+    // annotation, used when the plain keys are missing.
+    let labels: Map<String, Value> = string_in(annotations, "io.kubernetes.cri-o.Labels")
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let kube = |key: &str| string_in(annotations, key).or_else(|| string_in(&labels, key));
+
+    let runtime = match string_in(annotations, "io.container.manager").as_deref() {
+        Some("libpod") => Runtime::Podman,
+        _ => Runtime::CriO,
+    };
+    Metadata {
+        runtime: Some(runtime),
+        name: string_in(annotations, "io.kubernetes.cri-o.Name"),
+        image: string_in(annotations, "io.kubernetes.cri-o.ImageName")
+            .or_else(|| string_in(annotations, "io.kubernetes.cri-o.Image")),
+        pod_name: kube("io.kubernetes.pod.name"),
+        pod_namespace: kube("io.kubernetes.pod.namespace"),
+        pod_uid: kube("io.kubernetes.pod.uid"),
+        k8s_container_name: kube("io.kubernetes.container.name"),
+        files: vec![path],
+    }
+}
+
+/// Name and image of `id` from `containers.json` or
+/// `volatile-containers.json` in a containers/storage graph root. Each entry
+/// has `id`, `names` and `metadata`, a JSON string whose `name` and
+/// `image-name` the runtime wrote.
+fn read_storage_entry(graph_root: &Path, id: &str) -> Result<Option<Metadata>, MetadataError> {
+    for file in ["containers.json", "volatile-containers.json"] {
+        let path = graph_root.join(file);
+        let Some(Value::Array(entries)) = read_json(&path, MAX_STORAGE_INDEX_BYTES)? else {
+            continue;
         };
+        let Some(entry) = entries
+            .iter()
+            .find(|e| e.get("id").and_then(Value::as_str) == Some(id))
+        else {
+            continue;
+        };
+        let runtime_metadata: Map<String, Value> = entry
+            .get("metadata")
+            .and_then(Value::as_str)
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default();
+        let first_name = entry
+            .pointer("/names/0")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
         return Ok(Some(Metadata {
-            runtime: Some(runtime),
-            name: string_in(annotations, "io.kubernetes.cri-o.Name"),
-            image: string_in(annotations, "io.kubernetes.cri-o.ImageName")
-                .or_else(|| string_in(annotations, "io.kubernetes.cri-o.Image")),
-            pod_name: kube("io.kubernetes.pod.name"),
-            pod_namespace: kube("io.kubernetes.pod.namespace"),
-            pod_uid: kube("io.kubernetes.pod.uid"),
-            k8s_container_name: kube("io.kubernetes.container.name"),
+            name: string_in(&runtime_metadata, "name").or(first_name),
+            image: string_in(&runtime_metadata, "image-name"),
             files: vec![path],
+            ..Default::default()
         }));
     }
     Ok(None)
@@ -196,7 +327,7 @@ pub(crate) fn read_containerd(
         let root = host_fs.join(root);
         for namespace in containerd_namespaces(&root, namespace_hint) {
             let path = root.join(&namespace).join(id).join("config.json");
-            let Some(config) = read_json(&path)? else {
+            let Some(config) = read_json(&path, MAX_METADATA_BYTES)? else {
                 continue;
             };
             return Ok(Some(containerd_bundle_metadata(&config, &namespace, path)));
@@ -328,7 +459,7 @@ fn pod_uid_from_log_target(target: &Path, pod: &str, namespace: &str) -> Option<
 }
 
 /// Reads and parses a JSON file; a missing file is `Ok(None)`.
-fn read_json(path: &Path) -> Result<Option<Value>, MetadataError> {
+fn read_json(path: &Path, max_bytes: u64) -> Result<Option<Value>, MetadataError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e)
@@ -344,16 +475,16 @@ fn read_json(path: &Path) -> Result<Option<Value>, MetadataError> {
         }
     };
     let mut text = Vec::new();
-    file.take(MAX_METADATA_BYTES + 1)
+    file.take(max_bytes + 1)
         .read_to_end(&mut text)
         .map_err(|source| MetadataError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-    if text.len() as u64 > MAX_METADATA_BYTES {
+    if text.len() as u64 > max_bytes {
         return Err(MetadataError::TooLarge {
             path: path.to_path_buf(),
-            max_bytes: MAX_METADATA_BYTES,
+            max_bytes,
         });
     }
     serde_json::from_slice(&text)
@@ -423,6 +554,107 @@ mod tests {
         assert_eq!(found.image.as_deref(), Some("nginx:1.27"));
         assert_eq!(found.pod_name, None);
         assert_eq!(found.k8s_container_name, None);
+    }
+
+    #[test]
+    fn rootless_docker_in_user_home() {
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nana:x:1000:1000:Ana:/home/ana:/bin/sh\n",
+        );
+        let config = serde_json::json!({"Name": "/dev", "Config": {"Image": "alpine:3"}});
+        write(
+            host.path(),
+            &format!("home/ana/.local/share/docker/containers/{ID}/config.v2.json"),
+            &config.to_string(),
+        );
+
+        let found = read_rootless_docker(host.path(), 1000, ID)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.runtime, Some(Runtime::Docker));
+        assert_eq!(found.name.as_deref(), Some("dev"));
+        assert_eq!(found.image.as_deref(), Some("alpine:3"));
+        assert_eq!(read_rootless_docker(host.path(), 1001, ID).unwrap(), None);
+        assert_eq!(read_runtime_metadata(host.path(), ID, None).unwrap(), None);
+    }
+
+    #[test]
+    fn podman_name_from_storage_index() {
+        // Shapes as podman 4.3 writes them for a root container.
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            &format!("var/lib/containers/storage/overlay-containers/{ID}/userdata/config.json"),
+            r#"{"annotations":{"io.container.manager":"libpod","io.kubernetes.cri-o.TTY":"false","io.podman.annotations.init":"FALSE"}}"#,
+        );
+        let runtime_metadata = serde_json::json!({
+            "image-name": "docker.io/library/alpine:3.20",
+            "image-id": "1234",
+            "name": "db",
+            "created-at": 1796417677,
+        });
+        let index = serde_json::json!([
+            {"id": "other", "names": ["x"], "metadata": "{}"},
+            {"id": ID, "names": ["db"], "image": "1234", "metadata": runtime_metadata.to_string()},
+        ]);
+        write(
+            host.path(),
+            "var/lib/containers/storage/overlay-containers/containers.json",
+            &index.to_string(),
+        );
+
+        let found = read_runtime_metadata(host.path(), ID, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.runtime, Some(Runtime::Podman));
+        assert_eq!(found.name.as_deref(), Some("db"));
+        assert_eq!(
+            found.image.as_deref(),
+            Some("docker.io/library/alpine:3.20")
+        );
+        assert_eq!(found.files.len(), 2);
+    }
+
+    #[test]
+    fn rootless_podman_in_user_home() {
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            "etc/passwd",
+            "ana:x:1000:1000::/home/ana:/bin/sh\n",
+        );
+        write(
+            host.path(),
+            &format!("run/user/1000/containers/overlay-containers/{ID}/userdata/config.json"),
+            r#"{"annotations":{"io.container.manager":"libpod"}}"#,
+        );
+        let index = serde_json::json!([{"id": ID, "names": ["web"], "metadata": "not json"}]);
+        write(
+            host.path(),
+            "home/ana/.local/share/containers/storage/overlay-containers/volatile-containers.json",
+            &index.to_string(),
+        );
+
+        let found = read_rootless_podman(host.path(), 1000, ID)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.runtime, Some(Runtime::Podman));
+        assert_eq!(found.name.as_deref(), Some("web"), "falls back to names[0]");
+        assert_eq!(found.image, None);
+    }
+
+    #[test]
+    fn home_with_parent_segment_is_ignored() {
+        let host = tempfile::tempdir().unwrap();
+        write(
+            host.path(),
+            "etc/passwd",
+            "eve:x:1000:1000::/home/../var:/bin/sh\n",
+        );
+        assert_eq!(home_directory(host.path(), 1000).unwrap(), None);
     }
 
     #[test]

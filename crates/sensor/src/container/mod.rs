@@ -7,8 +7,13 @@
 //! - `metadata`: Docker `config.v2.json`, containerd bundle `config.json`
 //!   annotations, CRI-O `userdata/config.json` and the kubelet's
 //!   `/var/log/containers` links, all read under `$HOST_FS` and never written.
-//! - [`ContainerResolver`]: both steps behind a per-container cache that
+//! - `nested`: for a container inside another one (kind and minikube nodes,
+//!   Docker in Docker), the same files read through the outer container's
+//!   root directory.
+//! - [`ContainerResolver`]: these steps behind a per-container cache that
 //!   retries a failed or partial lookup after a back-off.
+//! - [`find_host_cgroup_prefix`]: the host path that resolves the `/..` paths
+//!   a sensor in a private cgroup namespace reads.
 //! - [`explain_cgroup`]: the same decision as one JSON object, for
 //!   `picket-sensor explain cgroup`.
 //!
@@ -20,6 +25,7 @@ pub mod cgroup;
 mod explain;
 mod host_cgroup;
 mod metadata;
+mod nested;
 mod resolver;
 
 use std::path::PathBuf;

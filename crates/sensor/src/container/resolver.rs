@@ -12,15 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{parse_cgroup, CgroupAttribution};
-use super::metadata::{read_kubelet_log_link, read_runtime_metadata, Metadata};
+use super::cgroup::{parse_cgroup, user_manager_uid, CgroupAttribution};
+use super::metadata::{
+    read_kubelet_log_link, read_rootless_docker, read_rootless_podman, read_runtime_metadata,
+    Metadata, MetadataError,
+};
+use super::nested::outer_container_root;
 use super::{ContainerInfo, Runtime};
 
 /// Settings of a [`ContainerResolver`].
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    /// Host path of the sensor's own cgroup, when the sensor runs in a
-    /// private cgroup namespace (see [`parse_cgroup`]). Default: `None`.
+    /// Host path of the root of the sensor's cgroup namespace when it is a
+    /// private one, as [`find_host_cgroup_prefix`](super::find_host_cgroup_prefix)
+    /// returns it. Default: `None`.
     pub cgroup_prefix: Option<String>,
     /// Wait before the first retry of an incomplete lookup. Default: 1 s.
     pub retry_initial: Duration,
@@ -100,7 +105,7 @@ impl ContainerResolver {
         self.resolve_attribution(&attribution)
     }
 
-    /// Same as [`ContainerResolver::resolve`] for an already parsed cgroup.
+    /// Resolves an already parsed cgroup, like [`ContainerResolver::resolve`].
     pub fn resolve_attribution(
         &self,
         attribution: &CgroupAttribution,
@@ -130,7 +135,14 @@ impl ContainerResolver {
             None if !complete => 1,
             _ => 0,
         };
-        if !complete {
+        if complete {
+            tracing::debug!(
+                container_id = id,
+                name = info.name.as_deref(),
+                runtime = info.runtime.map(Runtime::as_str),
+                "container resolved"
+            );
+        } else {
             tracing::debug!(
                 container_id = id,
                 failures,
@@ -172,12 +184,24 @@ impl ContainerResolver {
         );
         let mut runtime_found = path_only;
         let mut runtime_from_metadata = false;
+        let mut nested_root = None;
         if !path_only {
-            match read_runtime_metadata(
-                &self.host_fs,
-                &id,
-                attribution.containerd_namespace.as_deref(),
+            let mut read = self.read_metadata(attribution, &id);
+            if let (Ok(None), Some(outer), Some(path)) = (
+                &read,
+                attribution.outer_container_id.as_deref(),
+                attribution.cgroup_path.as_deref(),
             ) {
+                nested_root = outer_container_root(&self.host_fs, path, outer);
+                if let Some(root) = &nested_root {
+                    read = read_runtime_metadata(
+                        root,
+                        &id,
+                        attribution.containerd_namespace.as_deref(),
+                    );
+                }
+            }
+            match read {
                 Ok(Some(metadata)) => {
                     runtime_found = true;
                     runtime_from_metadata = metadata.runtime.is_some();
@@ -193,8 +217,12 @@ impl ContainerResolver {
         }
 
         let in_pod = found.pod_uid.is_some() || found.pod_name.is_some();
-        if in_pod && found.pod_name.is_none() {
-            match read_kubelet_log_link(&self.host_fs, &id) {
+        let log_roots = std::iter::once(self.host_fs.as_path()).chain(nested_root.as_deref());
+        for root in log_roots {
+            if !in_pod || found.pod_name.is_some() {
+                break;
+            }
+            match read_kubelet_log_link(root, &id) {
                 Ok(Some(link)) => found.fill_from(link),
                 Ok(None) => {}
                 Err(error) => {
@@ -203,8 +231,8 @@ impl ContainerResolver {
             }
         }
 
-        // A container nested in a pod's container (Docker in Docker) is
-        // unknown to the node's runtime; the pod is the outer container's.
+        // A container nested in a pod's container (Docker in Docker) has its
+        // pod on the outer container.
         if let Some(outer) = attribution.outer_container_id.as_deref() {
             if found.pod_name.is_none() {
                 if let Ok(Some(outer_metadata)) = read_runtime_metadata(&self.host_fs, outer, None)
@@ -238,6 +266,32 @@ impl ContainerResolver {
             info,
             complete,
             runtime_from_metadata,
+        }
+    }
+
+    /// Reads the runtime files of the system runtimes, then those of a
+    /// rootless Docker or podman when the cgroup is below a user manager.
+    fn read_metadata(
+        &self,
+        attribution: &CgroupAttribution,
+        id: &str,
+    ) -> Result<Option<Metadata>, MetadataError> {
+        let system = read_runtime_metadata(
+            &self.host_fs,
+            id,
+            attribution.containerd_namespace.as_deref(),
+        )?;
+        if system.is_some() {
+            return Ok(system);
+        }
+        let uid = attribution
+            .cgroup_path
+            .as_deref()
+            .and_then(user_manager_uid);
+        match (uid, attribution.runtime_hint) {
+            (Some(uid), Some(Runtime::Docker)) => read_rootless_docker(&self.host_fs, uid, id),
+            (Some(uid), Some(Runtime::Podman)) => read_rootless_podman(&self.host_fs, uid, id),
+            _ => Ok(None),
         }
     }
 
@@ -454,6 +508,79 @@ mod tests {
                 resolver.cached_len()
             );
         }
+    }
+
+    #[test]
+    fn rootless_docker_resolves_from_user_home() {
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir_all(host.path().join("etc")).unwrap();
+        fs::write(
+            host.path().join("etc/passwd"),
+            "ana:x:1000:1000::/home/ana:/bin/sh\n",
+        )
+        .unwrap();
+        let dir = host
+            .path()
+            .join("home/ana/.local/share/docker/containers")
+            .join(ID);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("config.v2.json"),
+            r#"{"Name":"/dev","Config":{"Image":"alpine:3"}}"#,
+        )
+        .unwrap();
+
+        let resolver = ContainerResolver::new(host.path());
+        let cgroup = format!(
+            "0::/user.slice/user-1000.slice/user@1000.service/user.slice/docker-{ID}.scope"
+        );
+        let info = resolver.resolve(&cgroup).unwrap();
+        assert_eq!(info.name.as_deref(), Some("dev"));
+        assert_eq!(info.image.as_deref(), Some("alpine:3"));
+        assert_eq!(info.runtime, Some(Runtime::Docker));
+    }
+
+    #[test]
+    fn kind_node_container_read_from_node_root() {
+        let host = tempfile::tempdir().unwrap();
+        let outer = "c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57";
+        let node = host
+            .path()
+            .join(format!("sys/fs/cgroup/system.slice/docker-{outer}.scope"));
+        fs::create_dir_all(node.join("system.slice/containerd.service")).unwrap();
+        fs::write(
+            node.join("system.slice/containerd.service/cgroup.procs"),
+            "4242\n",
+        )
+        .unwrap();
+        let bundle = host
+            .path()
+            .join("proc/4242/root/run/containerd/io.containerd.runtime.v2.task/k8s.io")
+            .join(ID);
+        fs::create_dir_all(&bundle).unwrap();
+        let annotations = serde_json::json!({"annotations": {
+            "io.kubernetes.cri.container-name": "coredns",
+            "io.kubernetes.cri.image-name": "registry.k8s.io/coredns/coredns:v1.11.1",
+            "io.kubernetes.cri.sandbox-name": "coredns-5d78c9869d-x2",
+            "io.kubernetes.cri.sandbox-namespace": "kube-system",
+        }});
+        fs::write(bundle.join("config.json"), annotations.to_string()).unwrap();
+
+        let resolver = ContainerResolver::new(host.path());
+        let cgroup = format!(
+            "0::/system.slice/docker-{outer}.scope/kubelet/kubepods/burstable/pod{UID}/{ID}"
+        );
+        let info = resolver.resolve(&cgroup).unwrap();
+        assert_eq!(info.outer_id.as_deref(), Some(outer));
+        assert_eq!(info.runtime, Some(Runtime::Containerd));
+        assert_eq!(info.pod_name.as_deref(), Some("coredns-5d78c9869d-x2"));
+        assert_eq!(info.pod_namespace.as_deref(), Some("kube-system"));
+        assert_eq!(info.pod_uid.as_deref(), Some(UID));
+        assert_eq!(info.k8s_container_name.as_deref(), Some("coredns"));
+        assert_eq!(
+            info.image.as_deref(),
+            Some("registry.k8s.io/coredns/coredns:v1.11.1")
+        );
     }
 
     #[test]

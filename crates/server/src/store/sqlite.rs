@@ -6,9 +6,11 @@
 //! connections and, thanks to WAL, never block the writer.
 //!
 //! Events are keyed by small integers for the organisation and the sensor
-//! and indexed on (sensor, event type, time), (org, time) and (org, event
-//! type, time). Container and pod filters are checked row by row inside the
-//! rows those indexes select.
+//! and indexed on (sensor, event type, time) and (org, time). Every other
+//! filter (event type without a sensor, container, pod, field match) is
+//! checked row by row inside the rows those indexes select. The event id
+//! stays inside the record: exactly-once storage rests on the (sensor, seq)
+//! batch table, not on a per-event index.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,7 +98,6 @@ CREATE TABLE IF NOT EXISTS events (
     sensor INTEGER NOT NULL,
     event_type TEXT NOT NULL,
     event_time INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
     container_id TEXT,
     container_name TEXT,
     pod_name TEXT,
@@ -105,7 +106,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_sensor_type_time ON events (sensor, event_type, event_time);
 CREATE INDEX IF NOT EXISTS events_org_time ON events (org, event_time);
-CREATE INDEX IF NOT EXISTS events_org_type_time ON events (org, event_type, event_time);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL,
@@ -165,8 +165,11 @@ impl SqliteStore {
         meta.execute_batch(SCHEMA).at(&path)?;
         let writer = open_connection(&path)?;
         // A larger page cache keeps the event indexes' upper levels in memory.
+        // Checkpoints run on their own thread (see `start_checkpointer`), so
+        // the writer checkpoints only as a fallback when the WAL passes
+        // about 256 MiB.
         writer
-            .execute_batch("PRAGMA cache_size = -65536;")
+            .execute_batch("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 65536;")
             .at(&path)?;
 
         Ok(SqliteStore {
@@ -179,6 +182,34 @@ impl SqliteStore {
             last_space_check_ms: AtomicU64::new(0),
             last_free_bytes: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Starts a thread that copies the WAL into the database every
+    /// `interval` without blocking the writer (a passive checkpoint), so the
+    /// writer does not pay for checkpoints with every few MiB it commits.
+    /// The thread ends when the returned sender is dropped.
+    pub fn start_checkpointer(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+        let conn = open_connection(&self.path)?;
+        let path = self.path.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        Ok(stop)
     }
 
     pub fn path(&self) -> &Path {
@@ -595,8 +626,8 @@ impl Store for SqliteStore {
                 .at(&self.path)?;
             let mut add_event = tx
                 .prepare_cached(
-                    "INSERT INTO events (org, sensor, event_type, event_time, event_id, container_id, \
-                     container_name, pod_name, pod_namespace, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT INTO events (org, sensor, event_type, event_time, container_id, \
+                     container_name, pod_name, pod_namespace, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .at(&self.path)?;
             let mut touch_sensor = tx
@@ -650,7 +681,6 @@ impl Store for SqliteStore {
                             batch.sensor_num,
                             event.event_type,
                             event.event_time as i64,
-                            event.event_id,
                             event.container_id,
                             event.container_name,
                             event.pod_name,
