@@ -17,14 +17,18 @@ use serde_json::json;
 
 fn main() {
     // `cargo bench` passes `--bench`; no other arguments are supported.
-    let records: Vec<Vec<u8>> = (0..500).map(|n| realistic_record(n).to_json_line().into_bytes()).collect();
+    let records: Vec<Vec<u8>> = (0..500)
+        .map(|n| realistic_record(n).to_json_line().into_bytes())
+        .collect();
     let record_bytes: usize = records.iter().map(Vec::len).sum::<usize>() / records.len();
     println!("record size: {record_bytes} bytes of JSON (NEW_PROCESS with parent and container)");
 
     bench_spool(&records);
     match server_binary() {
         Some(bin) => bench_end_to_end(&bin),
-        None => println!("end to end: skipped, set PICKET_SERVER_BIN or build picket-server in this profile"),
+        None => println!(
+            "end to end: skipped, set PICKET_SERVER_BIN or build picket-server in this profile"
+        ),
     }
 }
 
@@ -70,7 +74,12 @@ fn bench_spool(records: &[Vec<u8>]) {
     let start = Instant::now();
     for _ in 0..batches {
         let seq = spool.next_seq().unwrap();
-        spool.append(&SpooledBatch { seq, records: records.to_vec() }).unwrap();
+        spool
+            .append(&SpooledBatch {
+                seq,
+                records: records.to_vec(),
+            })
+            .unwrap();
     }
     spool.close().unwrap();
     let append = start.elapsed();
@@ -122,25 +131,61 @@ impl Drop for ServerProcess {
 }
 
 fn admin(bin: &Path, data: &Path, args: &[&str]) -> String {
-    let output = Command::new(bin).arg("--data").arg(data).args(args).output().unwrap();
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(bin)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 fn bench_end_to_end(bin: &Path) {
-    let events: u64 = std::env::var("PICKET_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let events: u64 = std::env::var("PICKET_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let org = admin(bin, &data, &["org", "create", "bench"]);
-    let key = admin(bin, &data, &["key", "create", "--org", &org, "--url", &format!("https://127.0.0.1:{port}")]);
+    let key = admin(
+        bin,
+        &data,
+        &[
+            "key",
+            "create",
+            "--org",
+            &org,
+            "--url",
+            &format!("https://127.0.0.1:{port}"),
+        ],
+    );
     let _server = ServerProcess(
         Command::new(bin)
             .arg("--data")
             .arg(&data)
             .args(["serve", "--grpc-listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}"), "--min-free-mb", "1"])
+            .args([
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--min-free-mb",
+                "1",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -151,7 +196,11 @@ fn bench_end_to_end(bin: &Path) {
 
     let host_fs = dir.path().join("host");
     std::fs::create_dir_all(host_fs.join("etc")).unwrap();
-    std::fs::write(host_fs.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(
+        host_fs.join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cpu_before = cpu_time();
     let (elapsed, acked) = runtime.block_on(async {

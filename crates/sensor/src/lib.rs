@@ -5,6 +5,15 @@
 //! records; records go to the outbound queue and to local sinks.
 
 pub mod collect;
+pub mod config;
 pub mod container;
+pub mod dns;
+pub mod enrich;
+pub mod hostfs;
+pub mod namespaces;
+pub mod netstat;
+pub mod output;
+pub mod process;
+pub mod sensor;
 pub mod spool;
 pub mod transport;

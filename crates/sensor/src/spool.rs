@@ -24,9 +24,9 @@
 //! restarts. `meta.json` stores a reserved upper bound that is fsynced before
 //! any number below it is handed out, so after a crash the sensor continues
 //! above every number it may have used. The first number of a run is also at
-//! least the current time in microseconds since the Unix epoch, so a sensor
-//! that lost its whole state directory (and gets its old SID back from the
-//! server) still continues above the numbers of its earlier runs, unless the
+//! least the current time in microseconds since the Unix epoch. A sensor that
+//! lost its whole state directory gets its old SID back from the server, and
+//! this floor keeps its new numbers above those of its earlier runs unless the
 //! host clock went backwards. Numbers therefore have gaps between runs.
 
 use std::collections::VecDeque;
@@ -62,10 +62,14 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    /// A config for `dir` bounded by `max_bytes`, with segments of a
-    /// sixteenth of the bound (at least 4 KiB, at most 8 MiB).
+    /// Builds a config for `dir` bounded by `max_bytes`, with segments of a
+    /// sixteenth of the bound, at least 4 KiB and at most 8 MiB unless that
+    /// would make more than 64 segments. Every segment keeps a file
+    /// descriptor open, so the cap keeps a large spool within the usual
+    /// limit of 1,024 descriptors.
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
-        let segment_bytes = (max_bytes / 16).clamp(4 * 1024, 8 * 1024 * 1024);
+        let largest = (8 * 1024 * 1024).max(max_bytes / 64);
+        let segment_bytes = (max_bytes / 16).clamp(4 * 1024, largest);
         SpoolConfig {
             dir: dir.into(),
             max_bytes,
@@ -106,7 +110,7 @@ impl SpooledBatch {
     }
 }
 
-/// Why batches were lost.
+/// Cause of lost batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
     /// The spool reached its size bound and deleted its oldest segment.
@@ -120,7 +124,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    /// The `REASON` value of the `DATA_DROPPED` event.
+    /// Returns the `REASON` value of the `DATA_DROPPED` event.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::SpoolFull => "spool_full",
@@ -153,7 +157,7 @@ impl DropCount {
     }
 }
 
-/// What [`Spool::open`] found on disk.
+/// Summary of the spool contents found by [`Spool::open`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OpenReport {
     /// Valid, unacknowledged batches that will be resent.
@@ -863,6 +867,13 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn segment_size_scales_with_bound() {
+        assert_eq!(SpoolConfig::new("/s", 64 << 20).segment_bytes, 4 << 20);
+        assert_eq!(SpoolConfig::new("/s", 16 << 10).segment_bytes, 4 << 10);
+        assert_eq!(SpoolConfig::new("/s", 10 << 30).segment_bytes, 160 << 20);
     }
 
     #[test]

@@ -135,7 +135,14 @@ async fn run_harness(config: HarnessConfig) -> HarnessReport {
     settings.tier = "test".into();
 
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-    let handle = transport::spawn(settings, rx).expect("spawn transport");
+    let mut handle = transport::spawn(settings, rx).expect("spawn transport");
+    let (_, no_tasks) = tokio::sync::mpsc::channel(1);
+    let mut tasks = std::mem::replace(&mut handle.tasks, no_tasks);
+    tokio::spawn(async move {
+        while let Some(task) = tasks.recv().await {
+            println!("\nTASK {} {}", task.task_id, task.command);
+        }
+    });
     let mut status = handle.status.clone();
     let watcher = tokio::spawn(async move {
         let mut mismatch = None;
@@ -253,6 +260,7 @@ fn build_server() -> Result<PathBuf, String> {
     let output = command
         .output()
         .map_err(|e| format!("failed to run {cargo} to build picket-server: {e}"))?;
+
     let binary = profile_dir.join("picket-server");
     if !output.status.success() || !binary.exists() {
         return Err(format!(
@@ -331,6 +339,12 @@ impl Server {
     }
 
     fn start(&mut self) {
+        self.start_with_min_free_mb(1);
+    }
+
+    /// Starts the server; it refuses to store batches while its file system
+    /// has less than `min_free_mb` MiB free.
+    fn start_with_min_free_mb(&mut self, min_free_mb: u64) {
         assert!(self.child.is_none());
         let log =
             std::fs::File::create(self.data.join(format!("serve-{}.log", now_nanos()))).unwrap();
@@ -343,7 +357,7 @@ impl Server {
                 &format!("127.0.0.1:{}", self.grpc_port),
             ])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--min-free-mb", "1"])
+            .args(["--min-free-mb", &min_free_mb.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -463,6 +477,22 @@ impl Harness {
         Harness {
             child,
             stdout_lines: rx,
+        }
+    }
+
+    /// Waits for a `TASK <id> <command>` line and returns id and command.
+    fn wait_task(&self, timeout: Duration) -> (String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stdout_lines
+                .recv_timeout(left)
+                .expect("no task reached the harness in time");
+            if let Some((_, task)) = line.split_once("TASK ") {
+                let (id, command) = task.trim().split_once(' ').unwrap();
+                return (id.to_owned(), command.to_owned());
+            }
         }
     }
 
@@ -1056,4 +1086,167 @@ fn foreign_key_is_rejected() {
         assert_eq!(report.sid, None, "{name}");
     }
     assert!(server.stored_test_events().is_empty());
+}
+
+#[test]
+fn slow_stream_stays_on_one_connection() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+
+    // 45 s at 4 records/s: longer than the connect timeout, the HTTP/2
+    // keep-alive interval and the server's Hello timeout together.
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        11,
+        180,
+    );
+    config.rate = 4;
+    let (report, code) = run_harness_to_end(
+        &config,
+        &dir.path().join("sensor.log"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "{report:?}");
+    assert_eq!(
+        report.connects, 1,
+        "the stream was never re-opened: {report:?}"
+    );
+    assert_stored_exactly_once(&server.stored_test_events(), &expected_ids(11, 0..180));
+}
+
+#[test]
+fn server_disk_full_backoff_is_honoured() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    // More free space than any test machine has, so every batch write fails
+    // as "disk full" and the server requests a back-off.
+    server.start_with_min_free_mb(1 << 40);
+
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        12,
+        20,
+    );
+    config.drain_timeout_ms = 180_000;
+    config.backoff_max_ms = 1_000;
+    let log = dir.path().join("sensor.log");
+    let harness = Harness::start(&config, &log);
+    harness.wait_sid(Duration::from_secs(30));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let backoff_line = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("server requested back-off"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no back-off request within 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let requested: u64 = field(&backoff_line, "seconds").parse().unwrap();
+    assert!(requested >= 2, "{backoff_line}");
+
+    // The retry delay after the stream fails follows the server's request,
+    // not the sensor's own 1 s maximum.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let after = &text[text.find("server requested back-off").unwrap()..];
+    let retry = after
+        .lines()
+        .find(|l| l.contains("link down, retrying"))
+        .expect("stream failed after back-off");
+    let retry_ms: u64 = field(retry, "retry_in_ms").parse().unwrap();
+    assert!(
+        retry_ms + 1_000 >= requested * 1_000,
+        "retry in {retry_ms} ms, server asked for {requested} s"
+    );
+
+    server.kill9();
+    server.start();
+    let (report, code) = harness.finish(Duration::from_secs(requested + 120));
+    assert_eq!(code, 0, "{report:?}");
+    assert_stored_exactly_once(&server.stored_test_events(), &expected_ids(12, 0..20));
+}
+
+/// Returns the value of `name=value` in a plain-text tracing line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 1;
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// Sends one HTTP/1.1 request to the server's API and returns status and body.
+fn http_request(port: u16, method: &str, path: &str, api_key: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn server_task_reaches_task_channel() {
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+    let api_key = server
+        .admin(&["apikey", "create", "--org", &server.org])
+        .trim()
+        .to_owned();
+
+    let mut config = HarnessConfig::new(
+        &key,
+        &dir.path().join("state"),
+        &host_fs(dir.path()),
+        13,
+        150,
+    );
+    config.rate = 10;
+    let harness = Harness::start(&config, &dir.path().join("sensor.log"));
+    let sid = harness.wait_sid(Duration::from_secs(30));
+
+    let body = format!(r#"{{"sid": "{sid}", "command": "os_processes"}}"#);
+    let (status, response) =
+        http_request(server.http_port, "POST", "/api/v1/tasks", &api_key, &body);
+    assert_eq!(status, 201, "{response}");
+    let queued: serde_json::Value = serde_json::from_str(&response).unwrap();
+
+    let (task_id, command) = harness.wait_task(Duration::from_secs(30));
+    assert_eq!(command, "os_processes");
+    assert_eq!(task_id, queued["id"].as_str().unwrap());
+    let (report, code) = harness.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{report:?}");
 }

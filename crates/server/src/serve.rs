@@ -23,6 +23,8 @@ use crate::writer::{error_chain, Writer};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the WAL is copied into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -45,6 +47,7 @@ pub struct Running {
     pub fingerprint: String,
     pub store: Arc<dyn Store>,
     shutdown: Vec<oneshot::Sender<()>>,
+    _checkpointer: std::sync::mpsc::Sender<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -71,10 +74,12 @@ pub fn cert_names(listen: &SocketAddr, extra: &[String]) -> Vec<String> {
 
 /// Binds both listeners and starts serving.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data_dir, config.min_free_bytes)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
+    let sqlite = SqliteStore::open(&config.data_dir, config.min_free_bytes)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let checkpointer = sqlite
+        .start_checkpointer(CHECKPOINT_INTERVAL)
+        .context("starting WAL checkpoints")?;
+    let store: Arc<dyn Store> = Arc::new(sqlite);
     store
         .mark_all_offline()
         .context("resetting sensor online state")?;
@@ -147,6 +152,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         fingerprint: cert.fingerprint,
         store,
         shutdown: vec![grpc_stop, http_stop],
+        _checkpointer: checkpointer,
         tasks: vec![grpc_task, http_task],
     })
 }

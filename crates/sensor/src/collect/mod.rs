@@ -6,7 +6,9 @@
 //! from `$HOST_FS/proc` during enrichment, and flagged when the process was
 //! already gone.
 
+pub mod cnproc;
 pub mod ebpf;
+pub mod procscan;
 
 /// The acquisition tier in use, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,3 +134,5 @@ pub enum Fact {
         count: u64,
     },
 }
+
+pub mod net;

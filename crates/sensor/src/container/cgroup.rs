@@ -458,11 +458,11 @@ fn trap_note(segment: &str, parent: Option<&str>) -> Option<String> {
         ));
     }
     if segment == "conmon" && parent == Some("libpod_parent") {
-        return Some("`libpod_parent/conmon` holds podman's conmon monitors".to_string());
+        return Some("`libpod_parent/conmon` contains podman's conmon monitors".to_string());
     }
     if segment == "buildkit" && parent == Some("docker") {
         return Some(
-            "`/docker/buildkit` holds BuildKit build steps, not Docker containers".to_string(),
+            "`/docker/buildkit` contains BuildKit build steps, not Docker containers".to_string(),
         );
     }
     if let Some(name) = segment.strip_prefix("lxc.monitor.") {

@@ -128,14 +128,29 @@ pub fn default_hostname(host_fs: &Path) -> String {
 }
 
 /// SID and credential from a successful enrollment, saved in the state dir
-/// with mode 0600 because the credential is a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// with mode 0600 because the credential is a secret. `Debug` leaves the
+/// credential out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedEnrollment {
     pub url: String,
     pub org_id: String,
     pub key_id: String,
     pub sid: String,
     pub credential: String,
+    /// Tags of the installation key, applied by the server at enrollment.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl std::fmt::Debug for SavedEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedEnrollment")
+            .field("url", &self.url)
+            .field("org_id", &self.org_id)
+            .field("key_id", &self.key_id)
+            .field("sid", &self.sid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SavedEnrollment {
@@ -262,14 +277,19 @@ mod tests {
             key_id: "k".into(),
             sid: "s".into(),
             credential: "c".into(),
+            tags: vec!["prod".into()],
         };
         saved.save(state.path()).unwrap();
-        assert_eq!(SavedEnrollment::load(state.path()), Some(saved));
+        assert_eq!(SavedEnrollment::load(state.path()), Some(saved.clone()));
         let mode = fs::metadata(state.path().join(ENROLLMENT_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            !format!("{saved:?}").contains("credential"),
+            "Debug leaves out the credential"
+        );
         SavedEnrollment::remove(state.path()).unwrap();
         assert_eq!(SavedEnrollment::load(state.path()), None);
     }

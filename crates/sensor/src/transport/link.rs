@@ -3,8 +3,8 @@
 //! One loop owns the outbox and alternates between two phases. While
 //! disconnected it waits out the back-off and dials; while connected it
 //! sends batches and applies the server's messages. In both phases it keeps
-//! reading records from the core, so a slow or absent server never blocks
-//! the collectors: batches made while disconnected go to the spool.
+//! reading records from the core, so a slow or absent server does not hold
+//! up the collectors. Batches made while disconnected go to the spool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -228,7 +228,6 @@ impl Dialer {
             .map_err(|e| LinkError::Connect(error_chain(&e)))?
             .origin(origin)
             .connect_timeout(self.config.connect_timeout)
-            .timeout(self.config.connect_timeout.max(Duration::from_secs(1)) * 3)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
@@ -285,6 +284,7 @@ impl Dialer {
             key_id: key.key_id.clone(),
             sid: response.sid.clone(),
             credential: response.credential,
+            tags: response.tags.clone(),
         };
         if let Err(error) = saved.save(&self.config.state_dir) {
             tracing::warn!(error = %error_chain(&error), "failed to save enrollment; the next start enrolls again");
@@ -444,20 +444,15 @@ impl Link {
         let saved = self.saved.clone();
         let first_unacked = self.outbox.acked_seq() + 1;
         let enrollment_tx = self.outputs.enrollment.clone();
+        let status_tx = self.outputs.status.clone();
         let open = async move {
             tokio::time::sleep(delay).await;
+            status_tx.send_replace(LinkStatus::Connecting { attempt });
             dialer.open(saved, first_unacked, &enrollment_tx).await
         };
         tokio::pin!(open);
-        let mut announced = false;
 
         loop {
-            if !announced && delay.is_zero() {
-                self.outputs
-                    .status
-                    .send_replace(LinkStatus::Connecting { attempt });
-                announced = true;
-            }
             tokio::select! {
                 result = &mut open => return Some(result),
                 record = records.recv(), if self.input_open => self.on_record(record, false),
@@ -489,7 +484,7 @@ impl Link {
             if current.is_none() {
                 current = Some(Enrollment {
                     sid: sid.clone(),
-                    tags: Vec::new(),
+                    tags: session.enrollment.tags.clone(),
                     reused: true,
                     instance_id: self.dialer.instance_id.clone(),
                 });

@@ -52,7 +52,8 @@ use crate::spool::{Spool, SpoolConfig, SpoolError};
 pub const KEY_ENV: &str = "LC_INSTALLATION_KEY";
 
 /// Settings of the transport. [`TransportConfig::new`] fills the defaults.
-#[derive(Debug, Clone)]
+/// Its `Debug` output leaves out the enrollment secret.
+#[derive(Clone)]
 pub struct TransportConfig {
     pub key: InstallationKey,
     /// `routing/hostname` of events made here and the host name sent at
@@ -95,6 +96,22 @@ pub struct TransportConfig {
     /// After the record channel closes, how long to wait for
     /// acknowledgements before spooling the rest. Default 10 s.
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("url", &self.key.url)
+            .field("org_id", &self.key.org_id)
+            .field("key_id", &self.key.key_id)
+            .field("cert_sha256", &self.key.cert_sha256)
+            .field("hostname", &self.hostname)
+            .field("state_dir", &self.state_dir)
+            .field("host_fs", &self.host_fs)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("memory_max_bytes", &self.memory_max_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TransportConfig {
@@ -252,22 +269,22 @@ pub enum TransportError {
     Rejected { sid: String, reason: String },
 }
 
-/// Returns `wanted` if the sensor can write there, else a directory under
+/// Returns `preferred` if the sensor can write there, else a directory under
 /// the system temporary directory. A read-only WORKDIR (for example a pod
 /// with `readOnlyRootFilesystem`) must not stop the sensor, but the fallback
 /// loses the spool and the saved enrollment when the container restarts.
-fn usable_state_dir(wanted: &Path) -> Result<PathBuf, TransportError> {
-    let error = match check_writable(wanted) {
-        Ok(()) => return Ok(wanted.to_owned()),
+fn usable_state_dir(preferred: &Path) -> Result<PathBuf, TransportError> {
+    let error = match check_writable(preferred) {
+        Ok(()) => return Ok(preferred.to_owned()),
         Err(error) => error,
     };
     let fallback = std::env::temp_dir().join("picket-sensor");
     check_writable(&fallback).map_err(|source| TransportError::StateDir {
-        path: wanted.to_owned(),
+        path: preferred.to_owned(),
         source,
     })?;
     tracing::error!(
-        wanted = %wanted.display(),
+        preferred = %preferred.display(),
         %error,
         using = %fallback.display(),
         "state dir is not writable; spooled batches and the enrollment will not survive a container restart"

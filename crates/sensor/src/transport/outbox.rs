@@ -200,6 +200,18 @@ impl Outbox {
     /// Applies an acknowledgement of every batch up to `seq`.
     pub fn ack(&mut self, seq: u64) -> Acked {
         let mut acked = Acked::default();
+        // An ack for a batch never sent on this stream would mark unsent
+        // batches as stored and stop all sending, so it is capped.
+        let seq = if seq > self.sent {
+            tracing::warn!(
+                seq,
+                sent = self.sent,
+                "server acknowledged a batch that was not sent, capped"
+            );
+            self.sent
+        } else {
+            seq
+        };
         if seq <= self.acked {
             return acked;
         }
@@ -216,9 +228,6 @@ impl Outbox {
         if let Err(error) = self.spool.ack(seq) {
             tracing::warn!(error = %error_chain(&error), "failed to delete acknowledged spool segment");
         }
-        // An ack above what was sent on this stream covers batches a
-        // previous run sent.
-        self.sent = self.sent.max(seq);
         acked
     }
 
@@ -490,6 +499,20 @@ mod tests {
         assert_eq!(dropped[0].event["REASON"], "record_too_large");
         assert_eq!(dropped[0].event["EVENTS"], 1);
         assert_eq!(dropped[0].event["BYTES"], 101);
+    }
+
+    #[test]
+    fn ack_beyond_sent_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = outbox(dir.path(), limits());
+        for n in 0..9 {
+            outbox.add_record(line(n), true);
+        }
+        let first = outbox.next_to_send().unwrap();
+        outbox.ack(u64::MAX);
+        assert_eq!(outbox.acked_seq(), first.seq);
+        let rest = send_all(&mut outbox);
+        assert_eq!(rest.len(), 2, "unsent batches are still sent");
     }
 
     #[test]

@@ -183,14 +183,14 @@ impl PinnedTls {
         })
     }
 
-    /// `http://host:port`, the URI tonic's endpoint is built from. The
+    /// Returns `http://host:port`, the URI tonic's endpoint is built from. The
     /// scheme is http because TLS happens in [`PinnedTls::connect`], not in
     /// tonic.
     pub fn endpoint_uri(&self) -> String {
         format!("http://{}", self.authority())
     }
 
-    /// `https://host:port`, the origin put on each request.
+    /// Returns `https://host:port`, the origin put on each request.
     pub fn origin_uri(&self) -> String {
         format!("https://{}", self.authority())
     }

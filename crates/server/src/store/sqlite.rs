@@ -165,8 +165,11 @@ impl SqliteStore {
         meta.execute_batch(SCHEMA).at(&path)?;
         let writer = open_connection(&path)?;
         // A larger page cache keeps the event indexes' upper levels in memory.
+        // Checkpoints run on their own thread (see `start_checkpointer`), so
+        // the writer checkpoints only as a fallback when the WAL passes
+        // about 256 MiB.
         writer
-            .execute_batch("PRAGMA cache_size = -65536;")
+            .execute_batch("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 65536;")
             .at(&path)?;
 
         Ok(SqliteStore {
@@ -179,6 +182,34 @@ impl SqliteStore {
             last_space_check_ms: AtomicU64::new(0),
             last_free_bytes: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Starts a thread that copies the WAL into the database every
+    /// `interval` without blocking the writer (a passive checkpoint), so the
+    /// writer does not pay for checkpoints with every few MiB it commits.
+    /// The thread ends when the returned sender is dropped.
+    pub fn start_checkpointer(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+        let conn = open_connection(&self.path)?;
+        let path = self.path.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    if let Err(error) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(path = %path.display(), %error, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        Ok(stop)
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,546 @@
+//! Polling tier: socket tables of every namespace, diffed pass to pass.
+//!
+//! What this tier cannot see: a connection that opens and closes between two
+//! passes (most short HTTP requests, every DNS lookup over UDP) produces no
+//! record at all. A connection is reported up to one poll interval late. A
+//! UDP socket is reported once when it appears, and its later peers are not.
+//! TCP connections still in the accept queue have no inode and no process
+//! until the server accepts them.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picket_event::{types, Record};
+use serde_json::Value;
+
+use super::capture::CaptureHandle;
+use super::discover::{self, Discovery, NetnsDir};
+use super::procfs::{self, tcp_state, Proto, SocketEntry};
+use super::record::{self, Attributor, Connection, ProcessContext};
+use super::{diag, sys, NetConfig, NetStats, Sink};
+
+/// A TCP flow is keyed by its endpoints; a later flow on the same four-tuple
+/// after this one closed is a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    proto: Proto,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    inode: u64,
+    state: u8,
+    outgoing: bool,
+    first_seen_ms: u64,
+    owner: Option<ProcessContext>,
+    announced: bool,
+    /// Passes the flow was seen without an owner.
+    unowned_passes: u8,
+}
+
+/// Passes a flow waits for its owner (a socket still in the accept queue has
+/// inode 0) before it is reported without one.
+const OWNER_WAIT_PASSES: u8 = 2;
+
+#[derive(Default)]
+struct NamespaceState {
+    tcp: HashMap<FlowKey, Flow>,
+    /// UDP sockets by (key, inode); one socket may be rebound or reconnected.
+    udp: HashMap<(FlowKey, u64), Flow>,
+    /// `CONTAINER` shared by every process of the namespace, refreshed each
+    /// pass, for flows whose process is unknown.
+    container: Option<Value>,
+    /// TCP ports seen listening in this namespace, kept after the listener
+    /// closed: some servers stop listening once they accepted.
+    listened: HashSet<(Proto, u16)>,
+    /// sock_diag socket created in this namespace, reused every pass.
+    diag: Option<OwnedFd>,
+    /// Set once opening a sock_diag socket failed; the namespace is then
+    /// read through `/proc` only.
+    diag_unavailable: bool,
+}
+
+/// Ports remembered per namespace in [`NamespaceState::listened`].
+const MAX_LISTENED_PORTS: usize = 4096;
+
+/// Default ephemeral port range (`net.ipv4.ip_local_port_range`). Each
+/// namespace may set its own; the direction guess only falls back to it.
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// State of the polling tier.
+pub struct Poller {
+    config: NetConfig,
+    proc_root: PathBuf,
+    net_ns: Option<PathBuf>,
+    attributor: Attributor,
+    stats: Arc<NetStats>,
+    capture: Option<CaptureHandle>,
+    namespaces: HashMap<u64, NamespaceState>,
+    last_summary: Instant,
+    diag_warned: bool,
+}
+
+impl Poller {
+    pub fn new(
+        config: NetConfig,
+        proc_root: PathBuf,
+        net_ns: Option<PathBuf>,
+        attributor: Attributor,
+        stats: Arc<NetStats>,
+        capture: Option<CaptureHandle>,
+    ) -> Self {
+        Poller {
+            config,
+            proc_root,
+            net_ns,
+            attributor,
+            stats,
+            capture,
+            namespaces: HashMap::new(),
+            last_summary: Instant::now(),
+            diag_warned: false,
+        }
+    }
+
+    pub(crate) fn run(&mut self, sink: &Sink, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            for record in self.poll_once() {
+                if !sink.send(record) {
+                    tracing::info!("network collector stopped: record receiver closed");
+                    return;
+                }
+            }
+            let elapsed = started.elapsed();
+            let rest = self.config.poll_interval.saturating_sub(elapsed);
+            sleep_unless_stopped(rest, stop);
+        }
+    }
+
+    /// Runs one pass over every namespace and returns the records it made.
+    pub fn poll_once(&mut self) -> Vec<Record> {
+        NetStats::add(&self.stats.polls, 1);
+        let discovery = discover::discover(&self.proc_root, self.net_ns.as_deref());
+        self.count_discovery(&discovery);
+        if let Some(capture) = &mut self.capture {
+            capture.sync(&discovery, &self.stats);
+        }
+
+        let mut records = Vec::new();
+        for netns in discovery.namespaces.values() {
+            match self.read_namespace(netns) {
+                Some(entries) => self.diff_namespace(netns, &entries, &mut records),
+                None => {
+                    NetStats::add(&self.stats.netns_vanished, 1);
+                    self.close_namespace(netns.inode, &mut records);
+                }
+            }
+        }
+
+        let live: HashSet<u64> = discovery.namespaces.keys().copied().collect();
+        let gone: Vec<u64> = self
+            .namespaces
+            .keys()
+            .filter(|inode| !live.contains(inode))
+            .copied()
+            .collect();
+        for inode in gone {
+            self.close_namespace(inode, &mut records);
+        }
+
+        if self.last_summary.elapsed() >= self.config.summary_interval {
+            self.last_summary = Instant::now();
+            records.extend(self.summaries());
+        }
+        records
+    }
+
+    fn count_discovery(&self, discovery: &Discovery) {
+        self.stats
+            .namespaces
+            .store(discovery.namespaces.len() as u64, Ordering::Relaxed);
+        match discovery.netns_dir {
+            NetnsDir::Unreadable => NetStats::add(&self.stats.netns_dir_unreadable, 1),
+            NetnsDir::Read { stale, .. } if stale > 0 => {
+                NetStats::add(&self.stats.netns_files_stale, stale as u64)
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the namespace's tables through its sock_diag socket when one
+    /// can be opened. Otherwise reads them as text through one of its
+    /// processes and then checks that the process is still in that
+    /// namespace, because a pid reused meanwhile would attribute another
+    /// namespace's sockets. The last route is a thread that joined the
+    /// namespace through its `NET_NS` file.
+    fn read_namespace(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
+        if self.config.sock_diag {
+            if let Some(entries) = self.read_with_diag(netns) {
+                return Some(entries);
+            }
+        }
+        for &pid in netns.pids.iter().take(4) {
+            let pid_dir = self.proc_root.join(pid.to_string());
+            match procfs::read_tables(&pid_dir.join("net")) {
+                Ok((entries, invalid)) => {
+                    NetStats::add(&self.stats.table_lines_invalid, invalid as u64);
+                    if discover::namespace_inode(&pid_dir.join("ns/net")) == Some(netns.inode) {
+                        return Some(entries);
+                    }
+                    NetStats::add(&self.stats.table_read_failed, 1);
+                }
+                Err(error) => {
+                    NetStats::add(&self.stats.table_read_failed, 1);
+                    tracing::debug!(netns = netns.inode, pid, %error, "socket table read failed");
+                }
+            }
+        }
+
+        let file = netns.file.as_ref()?;
+        match read_tables_via_file(file) {
+            Ok((entries, invalid)) => {
+                NetStats::add(&self.stats.table_lines_invalid, invalid as u64);
+                Some(entries)
+            }
+            Err(error) => {
+                NetStats::add(&self.stats.table_read_failed, 1);
+                tracing::debug!(netns = netns.inode, path = %file.display(), %error, "socket table read through netns file failed");
+                None
+            }
+        }
+    }
+
+    fn read_with_diag(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
+        let state = self.namespaces.entry(netns.inode).or_default();
+        if state.diag_unavailable {
+            return None;
+        }
+        if state.diag.is_none() {
+            match open_diag(&self.proc_root, netns) {
+                Ok(socket) => {
+                    NetStats::add(&self.stats.diag_sockets, 1);
+                    state.diag = Some(socket);
+                }
+                Err(error) => {
+                    state.diag_unavailable = true;
+                    NetStats::add(&self.stats.diag_open_failed, 1);
+                    if !self.diag_warned {
+                        self.diag_warned = true;
+                        tracing::warn!(netns = netns.inode, %error, "sock_diag unavailable; reading socket tables from /proc");
+                    }
+                    return None;
+                }
+            }
+        }
+
+        let socket = state.diag.as_ref()?;
+        match diag::read_tables(socket) {
+            Ok(entries) => Some(entries),
+            Err(error) => {
+                state.diag = None;
+                NetStats::add(&self.stats.table_read_failed, 1);
+                tracing::debug!(netns = netns.inode, %error, "sock_diag dump failed");
+                None
+            }
+        }
+    }
+
+    fn diff_namespace(
+        &mut self,
+        netns: &discover::Netns,
+        entries: &[SocketEntry],
+        records: &mut Vec<Record>,
+    ) {
+        let now_ms = picket_event::record::now_ms();
+        let hostname = self.config.hostname.clone();
+        let container = self.attributor.namespace_container(&netns.pids);
+        let mut state = self.namespaces.remove(&netns.inode).unwrap_or_default();
+        state.container = container;
+
+        for entry in entries {
+            if entry.proto.is_tcp()
+                && entry.state == tcp_state::LISTEN
+                && state.listened.len() < MAX_LISTENED_PORTS
+            {
+                state.listened.insert((entry.proto, entry.local.port()));
+            }
+        }
+        let listening = &state.listened;
+
+        // Current open TCP flows and UDP sockets.
+        let mut tcp_now: HashMap<FlowKey, &SocketEntry> = HashMap::new();
+        let mut udp_now: HashMap<(FlowKey, u64), &SocketEntry> = HashMap::new();
+        for entry in entries {
+            let key = FlowKey {
+                proto: entry.proto,
+                local: entry.local,
+                remote: entry.remote,
+            };
+            if entry.proto.is_tcp() {
+                if tcp_state::is_open(entry.state) {
+                    tcp_now.insert(key, entry);
+                }
+            } else {
+                udp_now.insert((key, entry.inode), entry);
+            }
+        }
+
+        // Closed TCP flows.
+        let closed: Vec<FlowKey> = state
+            .tcp
+            .keys()
+            .filter(|key| !tcp_now.contains_key(key))
+            .copied()
+            .collect();
+        for key in closed {
+            let flow = state.tcp.remove(&key).expect("key taken from the map");
+            self.finish_flow(
+                &key,
+                flow,
+                netns.inode,
+                &state.container,
+                &hostname,
+                records,
+            );
+        }
+        state.udp.retain(|key, _| udp_now.contains_key(key));
+
+        // Update or add open flows, then find owners of those that need one.
+        for (key, entry) in &tcp_now {
+            let flow = state.tcp.entry(*key).or_insert_with(|| Flow {
+                inode: entry.inode,
+                state: entry.state,
+                outgoing: tcp_outgoing(entry, listening),
+                first_seen_ms: now_ms,
+                owner: None,
+                announced: false,
+                unowned_passes: 0,
+            });
+            flow.state = entry.state;
+            if flow.inode == 0 {
+                flow.inode = entry.inode;
+            }
+        }
+        for (key, entry) in &udp_now {
+            state.udp.entry(*key).or_insert_with(|| Flow {
+                inode: entry.inode,
+                state: entry.state,
+                // A connected UDP socket called connect(2) or sent first;
+                // an unconnected one is bound and waits.
+                outgoing: entry.state == tcp_state::ESTABLISHED,
+                first_seen_ms: now_ms,
+                owner: None,
+                announced: false,
+                unowned_passes: 0,
+            });
+        }
+        self.assign_owners(&netns.pids, &mut state);
+
+        // Announce flows that have an owner or waited long enough.
+        let mut announce = |key: &FlowKey, flow: &mut Flow, stats: &NetStats| {
+            if flow.announced {
+                return;
+            }
+            if flow.owner.is_none() {
+                flow.unowned_passes += 1;
+                if flow.unowned_passes <= OWNER_WAIT_PASSES {
+                    return;
+                }
+                NetStats::add(&stats.connections_unowned, 1);
+            }
+            flow.announced = true;
+            NetStats::add(&stats.connections_new, 1);
+            let connection = connection_of(key, flow, netns.inode);
+            records.push(connection.record(
+                record::new_event_type(key.proto),
+                &hostname,
+                flow.owner.as_ref(),
+                state.container.as_ref(),
+            ));
+        };
+        for (key, flow) in state.tcp.iter_mut() {
+            announce(key, flow, &self.stats);
+        }
+        for ((key, _), flow) in state.udp.iter_mut() {
+            announce(key, flow, &self.stats);
+        }
+
+        self.namespaces.insert(netns.inode, state);
+    }
+
+    /// Looks up owners for flows without one. The fd scan covers the
+    /// namespace's processes and only runs when some flow needs it.
+    fn assign_owners(&mut self, pids: &[u32], state: &mut NamespaceState) {
+        let needs_owner = |flow: &Flow| flow.owner.is_none() && flow.inode != 0;
+        if !state.tcp.values().any(needs_owner) && !state.udp.values().any(needs_owner) {
+            return;
+        }
+        let owners = procfs::socket_owners(&self.proc_root, pids);
+        for flow in state.tcp.values_mut().chain(state.udp.values_mut()) {
+            if needs_owner(flow) {
+                if let Some(&pid) = owners.get(&flow.inode) {
+                    flow.owner = self.attributor.context(pid);
+                }
+            }
+        }
+    }
+
+    /// Emits the records of a closed TCP flow: its `NEW_*` first when it was
+    /// never announced (it lived less than the owner wait), then
+    /// `TERMINATE_*`.
+    fn finish_flow(
+        &self,
+        key: &FlowKey,
+        flow: Flow,
+        netns: u64,
+        container: &Option<Value>,
+        hostname: &str,
+        records: &mut Vec<Record>,
+    ) {
+        let connection = connection_of(key, &flow, netns);
+        if !flow.announced {
+            NetStats::add(&self.stats.connections_new, 1);
+            if flow.owner.is_none() {
+                NetStats::add(&self.stats.connections_unowned, 1);
+            }
+            records.push(connection.record(
+                record::new_event_type(key.proto),
+                hostname,
+                flow.owner.as_ref(),
+                container.as_ref(),
+            ));
+        }
+        if let Some(event_type) = record::terminate_event_type(key.proto) {
+            NetStats::add(&self.stats.connections_terminated, 1);
+            records.push(connection.record(
+                event_type,
+                hostname,
+                flow.owner.as_ref(),
+                container.as_ref(),
+            ));
+        }
+    }
+
+    /// Ends every flow of a namespace that is gone.
+    fn close_namespace(&mut self, inode: u64, records: &mut Vec<Record>) {
+        let Some(mut state) = self.namespaces.remove(&inode) else {
+            return;
+        };
+        let hostname = self.config.hostname.clone();
+        for (key, flow) in state.tcp.drain() {
+            self.finish_flow(&key, flow, inode, &state.container, &hostname, records);
+        }
+    }
+
+    /// Builds one `NETWORK_CONNECTIONS` record per process with open flows.
+    fn summaries(&self) -> Vec<Record> {
+        let mut by_process: HashMap<(u32, u64), (ProcessContext, Vec<Value>)> = HashMap::new();
+        for (&netns, state) in &self.namespaces {
+            let flows = state
+                .tcp
+                .iter()
+                .chain(state.udp.iter().map(|((key, _), flow)| (key, flow)));
+            for (key, flow) in flows {
+                let Some(owner) = &flow.owner else {
+                    continue;
+                };
+                let entry = by_process
+                    .entry((owner.pid, owner.start_ticks))
+                    .or_insert_with(|| (owner.clone(), Vec::new()));
+                entry
+                    .1
+                    .push(connection_of(key, flow, netns).activity(flow.first_seen_ms));
+            }
+        }
+
+        by_process
+            .into_values()
+            .map(|(owner, activity)| {
+                let mut record = Record::new(types::NETWORK_CONNECTIONS, &self.config.hostname);
+                let event_time = record.routing.event_time;
+                record::set_process(&mut record, &owner);
+                record
+                    .set("NETWORK_ACTIVITY", Value::Array(activity))
+                    .set("TIMESTAMP", event_time);
+                record
+            })
+            .collect()
+    }
+}
+
+fn connection_of(key: &FlowKey, flow: &Flow, netns: u64) -> Connection {
+    Connection::new(
+        key.proto,
+        key.local,
+        key.remote,
+        flow.outgoing,
+        flow.state,
+        netns,
+    )
+}
+
+/// Direction of a TCP flow: the handshake state when it is still visible,
+/// else whether its local port is one the namespace listened on, else
+/// whether only the remote port is ephemeral.
+fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
+    match entry.state {
+        tcp_state::SYN_SENT => return true,
+        tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV => return false,
+        _ => {}
+    }
+    if listened.contains(&(entry.proto, entry.local.port())) {
+        return false;
+    }
+    let local_ephemeral = EPHEMERAL_PORTS.contains(&entry.local.port());
+    let remote_ephemeral = EPHEMERAL_PORTS.contains(&entry.remote.port());
+    // Only the remote port ephemeral: the remote side is the client.
+    local_ephemeral || !remote_ephemeral
+}
+
+/// Opens a sock_diag socket inside `netns`, entering it through its `NET_NS`
+/// file or one of its processes (checked to still be that namespace).
+fn open_diag(proc_root: &Path, netns: &discover::Netns) -> std::io::Result<OwnedFd> {
+    let pid_links = netns
+        .pids
+        .iter()
+        .take(4)
+        .map(|pid| proc_root.join(format!("{pid}/ns/net")));
+    let mut last_error = std::io::Error::other("namespace has no file and no process");
+    for path in netns.file.clone().into_iter().chain(pid_links) {
+        let opened = sys::open_netns(&path, netns.inode)
+            .and_then(|file| sys::run_in_open_netns(&file, sys::sock_diag_socket));
+        match opened {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// Reads the tables of a namespace that no visible process is in, from a
+/// thread that joined it (`/proc/thread-self/net` follows the thread's
+/// namespace).
+fn read_tables_via_file(file: &Path) -> std::io::Result<(Vec<SocketEntry>, usize)> {
+    sys::run_in_netns(file, || {
+        procfs::read_tables(Path::new("/proc/thread-self/net")).map_err(std::io::Error::other)
+    })
+}
+
+fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
+    let deadline = Instant::now() + duration;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
+}

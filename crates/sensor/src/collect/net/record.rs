@@ -1,0 +1,243 @@
+//! Process attribution and the shape of network records.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picket_event::{atom, types, Record};
+use serde_json::{json, Value};
+
+use super::procfs::{self, Proto};
+use super::ContainerLookup;
+
+/// The process a socket belongs to, with what records carry about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessContext {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub comm: String,
+    /// `routing/this` of the process.
+    pub atom: String,
+    /// `event/CONTAINER`, `None` for host processes.
+    pub container: Option<Value>,
+}
+
+/// Builds [`ProcessContext`]s from `$HOST_FS/proc`, cached per (pid, start
+/// time) so a reused pid is looked up again.
+pub struct Attributor {
+    proc_root: PathBuf,
+    boot_id: String,
+    containers: Arc<dyn ContainerLookup>,
+    cache: HashMap<u32, (Instant, ProcessContext)>,
+}
+
+/// Age after which a cached container lookup is repeated. The resolver
+/// fills metadata that the runtime writes after the container started, so a
+/// lookup of a new process may improve a moment later.
+const CONTAINER_REFRESH: Duration = Duration::from_secs(5);
+
+/// Cache entries kept before the cache is cleared; pids come and go, and a
+/// cleared cache only costs rereading `stat` and `cgroup`.
+const MAX_CACHED_PROCESSES: usize = 8192;
+
+impl Attributor {
+    pub fn new(host_fs: &Path, containers: Arc<dyn ContainerLookup>) -> Self {
+        let boot_id = std::fs::read_to_string(host_fs.join("proc/sys/kernel/random/boot_id"))
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default();
+        Attributor {
+            proc_root: host_fs.join("proc"),
+            boot_id,
+            containers,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Context of `pid`, or `None` when it exited.
+    pub fn context(&mut self, pid: u32) -> Option<ProcessContext> {
+        let identity = procfs::process_identity(&self.proc_root, pid)?;
+        if let Some((resolved_at, cached)) = self.cache.get(&pid) {
+            if cached.start_ticks == identity.start_ticks
+                && resolved_at.elapsed() < CONTAINER_REFRESH
+            {
+                return Some(cached.clone());
+            }
+        }
+
+        let cgroup = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
+            .unwrap_or_default();
+        let context = ProcessContext {
+            pid,
+            start_ticks: identity.start_ticks,
+            atom: atom::process_atom(&self.boot_id, pid, identity.start_ticks),
+            comm: identity.comm,
+            container: self.containers.container_json(&cgroup),
+        };
+        if self.cache.len() >= MAX_CACHED_PROCESSES {
+            self.cache.clear();
+        }
+        self.cache.insert(pid, (Instant::now(), context.clone()));
+        Some(context)
+    }
+
+    /// Returns the container of a namespace when every process in `pids` agrees on
+    /// it; `None` when they disagree or are host processes. A namespace maps
+    /// to a pod rather than a container under Kubernetes, so this is only a
+    /// fallback for records whose process is unknown.
+    pub fn namespace_container(&mut self, pids: &[u32]) -> Option<Value> {
+        let mut agreed: Option<Option<Value>> = None;
+        for &pid in pids {
+            let Some(context) = self.context(pid) else {
+                continue;
+            };
+            let id = context.container.as_ref().map(container_id);
+            match &agreed {
+                None => agreed = Some(context.container),
+                Some(previous) if previous.as_ref().map(container_id) == id => {}
+                Some(_) => return None,
+            }
+        }
+        agreed.flatten()
+    }
+}
+
+fn container_id(container: &Value) -> Value {
+    container
+        .get(types::container::ID)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// `{"IP_ADDRESS": "...", "PORT": n}`.
+pub(crate) fn endpoint(addr: &SocketAddr) -> Value {
+    json!({ "IP_ADDRESS": addr.ip().to_string(), "PORT": addr.port() })
+}
+
+/// Sets the process fields of a record: `PROCESS_ID`, `routing/this` and
+/// `CONTAINER` (left out for host processes).
+pub(crate) fn set_process(record: &mut Record, process: &ProcessContext) {
+    record.set("PROCESS_ID", process.pid);
+    record.routing.this = Some(process.atom.clone());
+    if let Some(container) = &process.container {
+        record.set(types::container::KEY, container.clone());
+    }
+}
+
+/// One connection as records describe it: initiator first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Connection {
+    pub proto: Proto,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub outgoing: bool,
+    pub state: u8,
+    pub netns: u64,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        outgoing: bool,
+        state: u8,
+        netns: u64,
+    ) -> Self {
+        let (source, destination) = if outgoing {
+            (local, remote)
+        } else {
+            (remote, local)
+        };
+        Connection {
+            proto,
+            source,
+            destination,
+            outgoing,
+            state,
+            netns,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        if self.proto.is_tcp() {
+            procfs::tcp_state::name(self.state)
+        } else if self.state == procfs::tcp_state::ESTABLISHED {
+            "CONNECTED"
+        } else {
+            "UNCONNECTED"
+        }
+    }
+
+    /// Builds a `NEW_*` or `TERMINATE_*` record.
+    pub(crate) fn record(
+        &self,
+        event_type: &str,
+        hostname: &str,
+        process: Option<&ProcessContext>,
+        namespace_container: Option<&Value>,
+    ) -> Record {
+        let mut record = Record::new(event_type, hostname);
+        let event_time = record.routing.event_time;
+        record
+            .set("SOURCE", endpoint(&self.source))
+            .set("DESTINATION", endpoint(&self.destination))
+            .set("IS_OUTGOING", u8::from(self.outgoing))
+            .set("STATE", self.state_name())
+            .set("PROTOCOL", self.proto.protocol_name())
+            .set("NETWORK_NAMESPACE", self.netns)
+            .set("TIMESTAMP", event_time);
+        if !self.proto.is_tcp() {
+            // The platform's UDP events name the local endpoint this way.
+            let local = if self.outgoing {
+                self.source
+            } else {
+                self.destination
+            };
+            record
+                .set("IP_ADDRESS", local.ip().to_string())
+                .set("PORT", local.port());
+        }
+        match process {
+            Some(process) => set_process(&mut record, process),
+            None => {
+                if let Some(container) = namespace_container {
+                    record.set(types::container::KEY, container.clone());
+                }
+            }
+        }
+        record
+    }
+
+    /// Builds one `NETWORK_ACTIVITY` entry.
+    pub(crate) fn activity(&self, first_seen_ms: u64) -> Value {
+        json!({
+            "SOURCE": endpoint(&self.source),
+            "DESTINATION": endpoint(&self.destination),
+            "IS_OUTGOING": u8::from(self.outgoing),
+            "PROTOCOL": self.proto.protocol_name(),
+            "STATE": self.state_name(),
+            "TIMESTAMP": first_seen_ms,
+        })
+    }
+}
+
+/// Event type for a new connection of `proto`.
+pub(crate) fn new_event_type(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Tcp4 => types::NEW_TCP4_CONNECTION,
+        Proto::Tcp6 => types::NEW_TCP6_CONNECTION,
+        Proto::Udp4 => types::NEW_UDP4_CONNECTION,
+        Proto::Udp6 => types::NEW_UDP6_CONNECTION,
+    }
+}
+
+/// Event type for a closed TCP connection. UDP has no terminate event.
+pub(crate) fn terminate_event_type(proto: Proto) -> Option<&'static str> {
+    match proto {
+        Proto::Tcp4 => Some(types::TERMINATE_TCP4_CONNECTION),
+        Proto::Tcp6 => Some(types::TERMINATE_TCP6_CONNECTION),
+        Proto::Udp4 | Proto::Udp6 => None,
+    }
+}

@@ -1,0 +1,1017 @@
+//! Enrichment: raw [`Fact`]s joined with the process table, `/proc`, user
+//! names and container metadata into [`Record`]s.
+//!
+//! Process events carry `PROCESS_ID`, `PARENT_PROCESS_ID`, `FILE_PATH`,
+//! `COMMAND_LINE`, `USER_ID`, `USER_NAME`, `WORKING_DIRECTORY`,
+//! `CREATION_TIME` (ms since the Unix epoch), `THREADS`, `MEMORY_USAGE`
+//! (resident bytes), a `PARENT` object with the same fields, a `CONTAINER`
+//! object for containerised processes, and the `routing/this` and
+//! `routing/parent` atoms. A process that was gone before it could be read is
+//! still reported with `DETAILS_UNAVAILABLE: true` and what the tier itself
+//! saw. It is never filled from whatever process has its pid now.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picket_event::atom::process_atom;
+use picket_event::bytes::put_bytes;
+use picket_event::types;
+use picket_event::Record;
+use serde_json::{Map, Value};
+
+use crate::collect::{ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact};
+use crate::hostfs::{self, HostFs};
+use crate::process::procfs::{self, COMMAND_LINE_CAP};
+use crate::process::table::DEFAULT_CAPACITY;
+use crate::process::{Entry, Prefetch, ProcessInfo, ProcessKey, ProcessTable, ReadError};
+
+/// Container attribution as enrichment uses it: `/proc/<pid>/cgroup` content
+/// in, the `CONTAINER` object out (`None` for host processes).
+pub trait ContainerLookup: Send {
+    fn lookup(&mut self, cgroup_text: &str) -> Option<Arc<Value>>;
+}
+
+/// Lookup used when attribution is unavailable: every process is reported
+/// without a `CONTAINER` object.
+pub struct NoContainers;
+
+impl ContainerLookup for NoContainers {
+    fn lookup(&mut self, _cgroup_text: &str) -> Option<Arc<Value>> {
+        None
+    }
+}
+
+/// Counters of what enrichment handled quietly. Shared with the sensor loop,
+/// which logs them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub facts: AtomicU64,
+    pub records: AtomicU64,
+    /// Processes gone before their details could be read.
+    pub details_unavailable: AtomicU64,
+    /// Reads rejected because the pid had been reused.
+    pub pid_reused: AtomicU64,
+    pub kernel_threads: AtomicU64,
+    pub zombies: AtomicU64,
+    /// `/proc` entries that exist but could not be read (permissions).
+    pub unreadable: AtomicU64,
+    /// Exits of processes that forked but never exec'd (no event sent).
+    pub fork_only_exits: AtomicU64,
+    /// Records or facts lost, as reported by collectors.
+    pub dropped: AtomicU64,
+}
+
+impl Stats {
+    pub fn to_json(&self) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "facts": get(&self.facts),
+            "records": get(&self.records),
+            "details_unavailable": get(&self.details_unavailable),
+            "pid_reused": get(&self.pid_reused),
+            "kernel_threads": get(&self.kernel_threads),
+            "zombies": get(&self.zombies),
+            "unreadable": get(&self.unreadable),
+            "fork_only_exits": get(&self.fork_only_exits),
+            "dropped": get(&self.dropped),
+        })
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// User names from `$HOST_FS/etc/passwd`, reloaded when the file changes
+/// (checked at most every [`UserNames::RECHECK`]).
+pub struct UserNames {
+    path: PathBuf,
+    names: HashMap<u32, String>,
+    modified: Option<std::time::SystemTime>,
+    checked: Option<Instant>,
+}
+
+impl UserNames {
+    const RECHECK: Duration = Duration::from_secs(5);
+
+    pub fn new(fs: &HostFs) -> Self {
+        UserNames {
+            path: fs.path("/etc/passwd"),
+            names: HashMap::new(),
+            modified: None,
+            checked: None,
+        }
+    }
+
+    pub fn name(&mut self, uid: u32) -> Option<&str> {
+        self.refresh();
+        self.names.get(&uid).map(String::as_str)
+    }
+
+    fn refresh(&mut self) {
+        if self.checked.is_some_and(|at| at.elapsed() < Self::RECHECK) {
+            return;
+        }
+        self.checked = Some(Instant::now());
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified == self.modified && modified.is_some() {
+            return;
+        }
+        self.modified = modified;
+        self.names = std::fs::read_to_string(&self.path)
+            .map(|text| parse_passwd(&text))
+            .unwrap_or_default();
+    }
+}
+
+/// Parses passwd(5) lines into uid to name. The first entry for a uid wins,
+/// as with `getpwuid(3)`.
+pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if let Ok(uid) = uid.parse::<u32>() {
+            names.entry(uid).or_insert_with(|| name.to_owned());
+        }
+    }
+    names
+}
+
+/// Boot time and tick rate, to turn start ticks into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub boot_time_secs: u64,
+    pub ticks_per_second: u64,
+}
+
+impl Clock {
+    pub fn read(fs: &HostFs) -> Self {
+        Clock {
+            boot_time_secs: procfs::read_boot_time(fs).unwrap_or(0),
+            ticks_per_second: hostfs::clock_ticks_per_second(),
+        }
+    }
+
+    /// Start of a process in milliseconds since the Unix epoch. Precision is
+    /// one clock tick (10 ms at the usual 100 Hz).
+    pub fn start_ms(&self, start_ticks: u64) -> u64 {
+        self.boot_time_secs * 1000 + start_ticks * 1000 / self.ticks_per_second.max(1)
+    }
+}
+
+pub struct Enricher {
+    fs: HostFs,
+    boot_id: String,
+    hostname: String,
+    clock: Clock,
+    table: ProcessTable,
+    users: UserNames,
+    containers: Box<dyn ContainerLookup>,
+    stats: Arc<Stats>,
+    prefetch: Option<Arc<Prefetch>>,
+}
+
+impl Enricher {
+    pub fn new(
+        fs: HostFs,
+        boot_id: String,
+        hostname: String,
+        containers: Box<dyn ContainerLookup>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Enricher {
+            clock: Clock::read(&fs),
+            users: UserNames::new(&fs),
+            table: ProcessTable::new(DEFAULT_CAPACITY),
+            fs,
+            boot_id,
+            hostname,
+            containers,
+            stats,
+            prefetch: None,
+        }
+    }
+
+    /// Uses details a tier read at exec time before reading `/proc`.
+    pub fn with_prefetch(mut self, prefetch: Arc<Prefetch>) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    /// Handles one fact, passing each record it produces to `out`.
+    pub fn handle(&mut self, fact: Fact, out: &mut dyn FnMut(Record)) {
+        bump(&self.stats.facts);
+        let record = match fact {
+            Fact::Existing { pid } => self.on_existing(pid),
+            Fact::Exec(exec) => self.on_exec(exec),
+            Fact::Fork(fork) => {
+                self.on_fork(fork);
+                None
+            }
+            Fact::Exit(exit) => self.on_exit(exit),
+            Fact::Dropped { reason, count } => Some(self.dropped_record(reason, count)),
+            Fact::File(file) => Some(self.file_record(file)),
+        };
+        if let Some(record) = record {
+            bump(&self.stats.records);
+            out(record);
+        }
+    }
+
+    fn on_existing(&mut self, pid: u32) -> Option<Record> {
+        let info = self.read(pid, None)?;
+        let entry = self.make_entry(info, false);
+        let record = self.process_record(types::EXISTING_PROCESS, &entry, None);
+        self.insert_announced(entry);
+        Some(record)
+    }
+
+    fn on_fork(&mut self, fork: ForkFact) {
+        let Some(start) = fork.start_ticks else {
+            return;
+        };
+        if self.table.get((fork.pid, start)).is_some() {
+            return;
+        }
+        // A forked child runs its parent's image until it execs, so it
+        // inherits the parent's details.
+        let parent = self.table.parent_of(fork.ppid, start).cloned();
+        let mut info = parent
+            .as_ref()
+            .map(|p| (*p.info).clone())
+            .unwrap_or_default();
+        info.pid = fork.pid;
+        info.ppid = fork.ppid;
+        info.start_ticks = start;
+        info.threads = 1;
+        info.rss_bytes = None;
+        let entry = Entry {
+            info: Arc::new(info),
+            parent: parent.as_ref().map(Entry::key),
+            container: parent.as_ref().and_then(|p| p.container.clone()),
+            announced: false,
+            details_unavailable: parent.as_ref().is_none_or(|p| p.details_unavailable),
+        };
+        self.table.insert(entry);
+    }
+
+    fn on_exec(&mut self, exec: ExecFact) -> Option<Record> {
+        // The start time from the tier, else from a fork seen earlier: exec
+        // keeps the pid and the start time.
+        let known = self.table.get_by_pid(exec.pid).cloned();
+        let expected_start = exec
+            .start_ticks
+            .or(known.as_ref().map(|e| e.info.start_ticks));
+
+        let entry = if let Some(details) = exec.details.clone() {
+            self.entry_from_details(&exec, details, known.as_ref())
+        } else if let Some(info) = self.take_prefetched(&exec, expected_start) {
+            self.make_entry(info, false)
+        } else {
+            match self.read(exec.pid, expected_start) {
+                Some(info) => self.make_entry(info, false),
+                None => self.unavailable_entry(&exec, expected_start, known.as_ref())?,
+            }
+        };
+        let record = self.process_record(types::NEW_PROCESS, &entry, Some(exec.time_ns));
+        self.insert_announced(entry);
+        Some(record)
+    }
+
+    fn take_prefetched(
+        &mut self,
+        exec: &ExecFact,
+        expected_start: Option<u64>,
+    ) -> Option<ProcessInfo> {
+        let info = self.prefetch.as_ref()?.take(exec.pid, exec.time_ns)?;
+        if expected_start.is_some_and(|start| start != info.start_ticks) {
+            bump(&self.stats.pid_reused);
+            return None;
+        }
+        Some(info)
+    }
+
+    fn on_exit(&mut self, exit: ExitFact) -> Option<Record> {
+        let entry = self.table.remove(exit.pid, exit.start_ticks)?;
+        if !entry.announced {
+            bump(&self.stats.fork_only_exits);
+            return None;
+        }
+        let mut record = Record::new(types::TERMINATE_PROCESS, &self.hostname);
+        self.set_routing(&mut record, &entry);
+        record.set("PROCESS_ID", entry.info.pid);
+        record.set("PARENT_PROCESS_ID", entry.info.ppid);
+        record.set("TIMESTAMP", exit.time_ns / 1_000_000);
+        put_bytes(
+            &mut record.event,
+            "FILE_PATH",
+            entry.info.exe.as_deref().unwrap_or_default(),
+        );
+        if let Some(status) = exit.exit_status {
+            // wait(2) status: a normal exit has the code in bits 8..16 and
+            // zero in the low 7 bits; otherwise those bits are the signal.
+            let signal = status & 0x7f;
+            if signal == 0 {
+                record.set("EXIT_CODE", (status >> 8) & 0xff);
+            } else {
+                record.set("EXIT_SIGNAL", signal);
+            }
+        }
+        if let Some(container) = &entry.container {
+            record.set(types::container::KEY, (**container).clone());
+        }
+        Some(record)
+    }
+
+    /// Builds a FILE_CREATE, FILE_DELETE, FILE_MODIFIED or FILE_RENAME
+    /// record, linked to the process by its atom and carrying its container.
+    fn file_record(&self, file: FileFact) -> Record {
+        let event_type = match file.action {
+            FileAction::Create => types::FILE_CREATE,
+            FileAction::Delete => types::FILE_DELETE,
+            FileAction::Modify => types::FILE_MODIFIED,
+            FileAction::Rename => types::FILE_RENAME,
+        };
+        let mut record = Record::new(event_type, &self.hostname);
+        let process = match file.start_ticks {
+            Some(start) => self.table.get((file.pid, start)),
+            None => self.table.get_by_pid(file.pid),
+        };
+        let start = file.start_ticks.or(process.map(|p| p.info.start_ticks));
+        if let Some(start) = start.filter(|s| *s != 0) {
+            record.routing.this = Some(process_atom(&self.boot_id, file.pid, start));
+        }
+        put_bytes(&mut record.event, "FILE_PATH", &file.path);
+        if let Some(new_path) = &file.new_path {
+            put_bytes(&mut record.event, "NEW_FILE_PATH", new_path);
+        }
+        record.set("PROCESS_ID", file.pid);
+        record.set("TIMESTAMP", file.time_ns / 1_000_000);
+        if let Some(container) = process.and_then(|p| p.container.as_ref()) {
+            record.set(types::container::KEY, (**container).clone());
+        }
+        record
+    }
+
+    fn dropped_record(&self, reason: &str, count: u64) -> Record {
+        self.stats.dropped.fetch_add(count, Ordering::Relaxed);
+        let mut record = Record::new(types::DATA_DROPPED, &self.hostname);
+        record.set("REASON", reason).set("COUNT", count);
+        record
+    }
+
+    /// Reads a process, counting the quiet failures.
+    fn read(&mut self, pid: u32, expected_start: Option<u64>) -> Option<ProcessInfo> {
+        match procfs::read_process(&self.fs, pid, expected_start) {
+            Ok(info) => {
+                if info.zombie {
+                    bump(&self.stats.zombies);
+                }
+                Some(info)
+            }
+            Err(ReadError::KernelThread { .. }) => {
+                bump(&self.stats.kernel_threads);
+                None
+            }
+            Err(ReadError::Reused { .. }) => {
+                bump(&self.stats.pid_reused);
+                None
+            }
+            Err(ReadError::Gone { .. }) | Err(ReadError::Malformed { .. }) => None,
+            Err(e @ ReadError::Unreadable { .. }) => {
+                bump(&self.stats.unreadable);
+                tracing::debug!(error = %e, "process unreadable");
+                None
+            }
+        }
+    }
+
+    fn make_entry(&mut self, info: ProcessInfo, details_unavailable: bool) -> Entry {
+        let container = if info.cgroup_text.is_empty() {
+            None
+        } else {
+            self.containers.lookup(&info.cgroup_text)
+        };
+        let parent = self.resolve_parent(info.ppid, info.start_ticks);
+        Entry {
+            info: Arc::new(info),
+            parent,
+            container,
+            announced: false,
+            details_unavailable,
+        }
+    }
+
+    fn entry_from_details(
+        &mut self,
+        exec: &ExecFact,
+        details: ExecDetails,
+        known: Option<&Entry>,
+    ) -> Entry {
+        let start = exec
+            .start_ticks
+            .or(known.map(|e| e.info.start_ticks))
+            .unwrap_or(0);
+        let ppid = exec.ppid.or(known.map(|e| e.info.ppid)).unwrap_or(0);
+        let info = ProcessInfo {
+            pid: exec.pid,
+            ppid,
+            start_ticks: start,
+            exe: Some(details.exe),
+            // NOTE: the kernel-side tier reports a cut argv without the
+            // original byte length, so a cut command line from it carries no
+            // COMMAND_LINE_LENGTH.
+            cmdline_len: if details.argv_truncated {
+                0
+            } else {
+                details.argv.iter().map(|a| a.len() + 1).sum()
+            },
+            cmdline_truncated: details.argv_truncated,
+            argv: details.argv,
+            cwd: Some(details.cwd),
+            uid: Some(details.uid),
+            gid: Some(details.gid),
+            threads: 1,
+            cgroup_text: details.cgroup_text,
+            ..ProcessInfo::default()
+        };
+        self.make_entry(info, false)
+    }
+
+    /// Builds the entry for an exec whose process was gone (or its pid
+    /// reused) before `/proc` could be read. Without a start time no atom can be formed, but
+    /// the event is still sent.
+    fn unavailable_entry(
+        &mut self,
+        exec: &ExecFact,
+        start: Option<u64>,
+        known: Option<&Entry>,
+    ) -> Option<Entry> {
+        bump(&self.stats.details_unavailable);
+        let known = known.filter(|e| Some(e.info.start_ticks) == start);
+        let ppid = exec.ppid.or(known.map(|e| e.info.ppid)).unwrap_or(0);
+        let info = ProcessInfo {
+            pid: exec.pid,
+            ppid,
+            start_ticks: start.unwrap_or(0),
+            ..ProcessInfo::default()
+        };
+        let parent = known
+            .and_then(|e| e.parent)
+            .or_else(|| start.and_then(|s| self.resolve_parent(ppid, s)));
+        // cgroup membership is inherited at fork, so the parent's container is
+        // the child's unless it moved itself, which short-lived processes do not.
+        let container = known.and_then(|e| e.container.clone()).or_else(|| {
+            parent
+                .and_then(|key| self.table.get(key))
+                .and_then(|p| p.container.clone())
+        });
+        Some(Entry {
+            info: Arc::new(info),
+            parent,
+            container,
+            announced: false,
+            details_unavailable: true,
+        })
+    }
+
+    fn resolve_parent(&mut self, ppid: u32, child_start: u64) -> Option<ProcessKey> {
+        if ppid == 0 {
+            return None;
+        }
+        if let Some(parent) = self.table.parent_of(ppid, child_start) {
+            return Some(parent.key());
+        }
+        // Not seen yet (its EXISTING event may come later in the start scan):
+        // read it now so the child's parent atom and PARENT object are right.
+        let info = procfs::read_process(&self.fs, ppid, None).ok()?;
+        if info.start_ticks > child_start {
+            return None;
+        }
+        let key = (ppid, info.start_ticks);
+        let container = if info.cgroup_text.is_empty() {
+            None
+        } else {
+            self.containers.lookup(&info.cgroup_text)
+        };
+        let grandparent = self
+            .table
+            .parent_of(info.ppid, info.start_ticks)
+            .map(Entry::key);
+        let entry = Entry {
+            info: Arc::new(info),
+            parent: grandparent,
+            container,
+            announced: false,
+            details_unavailable: false,
+        };
+        self.table.insert(entry);
+        Some(key)
+    }
+
+    fn insert_announced(&mut self, mut entry: Entry) {
+        entry.announced = true;
+        self.table.insert(entry);
+    }
+
+    fn set_routing(&self, record: &mut Record, entry: &Entry) {
+        if entry.info.start_ticks != 0 {
+            record.routing.this = Some(process_atom(
+                &self.boot_id,
+                entry.info.pid,
+                entry.info.start_ticks,
+            ));
+        }
+        if let Some((ppid, pstart)) = entry.parent {
+            record.routing.parent = Some(process_atom(&self.boot_id, ppid, pstart));
+        }
+    }
+
+    /// Builds a NEW_PROCESS or EXISTING_PROCESS record.
+    fn process_record(&mut self, event_type: &str, entry: &Entry, time_ns: Option<u64>) -> Record {
+        let mut record = Record::new(event_type, &self.hostname);
+        self.set_routing(&mut record, entry);
+        let mut fields = self.process_fields(entry);
+        fields.insert(
+            "TIMESTAMP".into(),
+            Value::from(
+                time_ns
+                    .map(|ns| ns / 1_000_000)
+                    .unwrap_or(record.routing.event_time),
+            ),
+        );
+
+        let parent = entry.parent.and_then(|key| self.table.get(key).cloned());
+        if let Some(parent) = parent {
+            let parent_fields = self.process_fields(&parent);
+            fields.insert("PARENT".into(), Value::Object(parent_fields));
+        }
+        if let Some(container) = &entry.container {
+            fields.insert(types::container::KEY.into(), (**container).clone());
+        }
+        record.event = fields;
+        record
+    }
+
+    /// Builds the fields of one process, shared by the event and its `PARENT`.
+    fn process_fields(&mut self, entry: &Entry) -> Map<String, Value> {
+        let info = &entry.info;
+        let mut map = Map::new();
+        map.insert("PROCESS_ID".into(), info.pid.into());
+        map.insert("PARENT_PROCESS_ID".into(), info.ppid.into());
+        if entry.details_unavailable {
+            map.insert("DETAILS_UNAVAILABLE".into(), true.into());
+        }
+        if info.start_ticks != 0 {
+            map.insert(
+                "CREATION_TIME".into(),
+                self.clock.start_ms(info.start_ticks).into(),
+            );
+        }
+        if info.zombie {
+            map.insert("ZOMBIE".into(), true.into());
+        }
+        if let Some(exe) = &info.exe {
+            put_bytes(&mut map, "FILE_PATH", exe);
+        }
+        if !info.argv.is_empty() {
+            put_bytes(&mut map, "COMMAND_LINE", &info.argv.join(&b' '));
+        }
+        if info.cmdline_truncated {
+            map.insert("COMMAND_LINE_TRUNCATED".into(), true.into());
+            if info.cmdline_len > 0 {
+                map.insert("COMMAND_LINE_LENGTH".into(), info.cmdline_len.into());
+                map.insert("COMMAND_LINE_CAP".into(), COMMAND_LINE_CAP.into());
+            }
+        }
+        if let Some(cwd) = &info.cwd {
+            put_bytes(&mut map, "WORKING_DIRECTORY", cwd);
+        }
+        if let Some(uid) = info.uid {
+            map.insert("USER_ID".into(), uid.into());
+            if let Some(name) = self.users.name(uid) {
+                map.insert("USER_NAME".into(), name.into());
+            }
+        }
+        if !entry.details_unavailable {
+            map.insert("THREADS".into(), info.threads.into());
+        }
+        if let Some(rss) = info.rss_bytes {
+            map.insert("MEMORY_USAGE".into(), rss.into());
+        }
+        map
+    }
+
+    /// Everything the sensor would report about one live process, for
+    /// `explain pid`.
+    pub fn explain_pid(&mut self, pid: u32) -> Result<Value, ReadError> {
+        let info = procfs::read_process(&self.fs, pid, None)?;
+        let cgroup_text = info.cgroup_text.clone();
+        let entry = self.make_entry(info, false);
+        let record = self.process_record(types::EXISTING_PROCESS, &entry, None);
+        Ok(serde_json::json!({
+            "record": record,
+            "cgroup": cgroup_text,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::procfs::fixture::write_process;
+
+    struct FixedContainer;
+
+    impl ContainerLookup for FixedContainer {
+        fn lookup(&mut self, cgroup_text: &str) -> Option<Arc<Value>> {
+            cgroup_text
+                .contains("docker-")
+                .then(|| Arc::new(serde_json::json!({"ID": "abc", "NAME": "web"})))
+        }
+    }
+
+    fn fixture() -> (tempfile::TempDir, Enricher) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::write(root.join("proc/stat"), "cpu 0 0 0 0\nbtime 1700000000\n").unwrap();
+        write_process(
+            root,
+            1,
+            0,
+            1,
+            "init",
+            "/sbin/init",
+            &[b"/sbin/init"],
+            0,
+            "0::/init.scope\n",
+        );
+        write_process(
+            root,
+            100,
+            1,
+            500,
+            "containerd-shim",
+            "/usr/bin/containerd-shim",
+            &[b"shim"],
+            0,
+            "0::/system.slice/docker-abc.scope\n",
+        );
+        let enricher = Enricher::new(
+            HostFs::new(root),
+            "boot".into(),
+            "node".into(),
+            Box::new(FixedContainer),
+            Arc::new(Stats::default()),
+        );
+        (dir, enricher)
+    }
+
+    fn collect(enricher: &mut Enricher, fact: Fact) -> Vec<Record> {
+        let mut records = Vec::new();
+        enricher.handle(fact, &mut |r| records.push(r));
+        records
+    }
+
+    fn exec(pid: u32) -> Fact {
+        Fact::Exec(ExecFact {
+            pid,
+            ppid: None,
+            start_ticks: None,
+            time_ns: 1_700_000_123_000_000,
+            details: None,
+        })
+    }
+
+    #[test]
+    fn existing_process_has_fields_and_user_name() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            200,
+            1,
+            900,
+            "bash",
+            "/bin/bash",
+            &[b"bash", b"-l"],
+            1000,
+            "0::/user.slice\n",
+        );
+        collect(&mut enricher, Fact::Existing { pid: 1 });
+        let records = collect(&mut enricher, Fact::Existing { pid: 200 });
+        let record = &records[0];
+        assert_eq!(record.routing.event_type, "EXISTING_PROCESS");
+        assert_eq!(record.event["PROCESS_ID"], 200);
+        assert_eq!(record.event["PARENT_PROCESS_ID"], 1);
+        assert_eq!(record.event["FILE_PATH"], "/bin/bash");
+        assert_eq!(record.event["COMMAND_LINE"], "bash -l");
+        assert_eq!(record.event["USER_ID"], 1000);
+        assert_eq!(record.event["USER_NAME"], "alice");
+        assert_eq!(record.event["CREATION_TIME"], 1_700_000_000_000u64 + 9000);
+        assert_eq!(record.event["PARENT"]["FILE_PATH"], "/sbin/init");
+        assert!(record.event.get("CONTAINER").is_none());
+        assert_eq!(
+            record.routing.this.as_deref(),
+            Some(process_atom("boot", 200, 900).as_str())
+        );
+        assert_eq!(
+            record.routing.parent.as_deref(),
+            Some(process_atom("boot", 1, 1).as_str())
+        );
+    }
+
+    #[test]
+    fn container_process_carries_container() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            300,
+            100,
+            800,
+            "nginx",
+            "/usr/sbin/nginx",
+            &[b"nginx"],
+            0,
+            "0::/system.slice/docker-abc.scope\n",
+        );
+        let records = collect(&mut enricher, exec(300));
+        assert_eq!(records[0].event["CONTAINER"]["ID"], "abc");
+        assert_eq!(
+            records[0].event["PARENT"]["FILE_PATH"],
+            "/usr/bin/containerd-shim"
+        );
+        assert!(
+            records[0].event["PARENT"].get("CONTAINER").is_none(),
+            "PARENT has no nested container"
+        );
+        assert_eq!(records[0].event["TIMESTAMP"], 1_700_000_123u64);
+    }
+
+    #[test]
+    fn vanished_exec_is_flagged_with_fork_start() {
+        let (_dir, mut enricher) = fixture();
+        collect(&mut enricher, Fact::Existing { pid: 100 });
+        collect(
+            &mut enricher,
+            Fact::Fork(ForkFact {
+                pid: 400,
+                ppid: 100,
+                start_ticks: Some(1000),
+                time_ns: 0,
+            }),
+        );
+        let records = collect(&mut enricher, exec(400));
+        let record = &records[0];
+        assert_eq!(record.event["DETAILS_UNAVAILABLE"], true);
+        assert_eq!(record.event["PROCESS_ID"], 400);
+        assert_eq!(record.event["PARENT_PROCESS_ID"], 100);
+        assert!(record.event.get("FILE_PATH").is_none());
+        assert_eq!(
+            record.event["CONTAINER"]["ID"], "abc",
+            "container inherited from the parent"
+        );
+        assert_eq!(
+            record.routing.this.as_deref(),
+            Some(process_atom("boot", 400, 1000).as_str())
+        );
+        assert_eq!(
+            record.routing.parent.as_deref(),
+            Some(process_atom("boot", 100, 500).as_str())
+        );
+    }
+
+    #[test]
+    fn exec_on_reused_pid_unfilled() {
+        let (dir, mut enricher) = fixture();
+        collect(
+            &mut enricher,
+            Fact::Fork(ForkFact {
+                pid: 500,
+                ppid: 1,
+                start_ticks: Some(1000),
+                time_ns: 0,
+            }),
+        );
+        // Process 500 (start 1000) exited; pid 500 now belongs to another
+        // process that started at 2000.
+        write_process(
+            dir.path(),
+            500,
+            1,
+            2000,
+            "other",
+            "/bin/other",
+            &[b"other"],
+            0,
+            "",
+        );
+        let records = collect(&mut enricher, exec(500));
+        assert_eq!(records[0].event["DETAILS_UNAVAILABLE"], true);
+        assert!(records[0].event.get("FILE_PATH").is_none());
+        assert!(records[0].event.get("COMMAND_LINE").is_none());
+        assert_eq!(enricher.stats.pid_reused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn terminate_carries_exit_code_and_evicts() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            600,
+            100,
+            700,
+            "sh",
+            "/bin/sh",
+            &[b"sh"],
+            0,
+            "0::/system.slice/docker-abc.scope\n",
+        );
+        collect(&mut enricher, exec(600));
+        let exit = |status| {
+            Fact::Exit(ExitFact {
+                pid: 600,
+                start_ticks: None,
+                time_ns: 5_000_000,
+                exit_status: Some(status),
+            })
+        };
+        let records = collect(&mut enricher, exit(3 << 8));
+        assert_eq!(records[0].routing.event_type, "TERMINATE_PROCESS");
+        assert_eq!(records[0].event["EXIT_CODE"], 3);
+        assert_eq!(records[0].event["CONTAINER"]["ID"], "abc");
+        assert_eq!(
+            records[0].routing.this.as_deref(),
+            Some(process_atom("boot", 600, 700).as_str())
+        );
+        assert!(enricher.table().get_by_pid(600).is_none());
+        assert!(
+            collect(&mut enricher, exit(9)).is_empty(),
+            "second exit of the same pid is ignored"
+        );
+    }
+
+    #[test]
+    fn killed_process_reports_signal() {
+        let (dir, mut enricher) = fixture();
+        write_process(dir.path(), 610, 1, 700, "sh", "/bin/sh", &[b"sh"], 0, "");
+        collect(&mut enricher, exec(610));
+        let records = collect(
+            &mut enricher,
+            Fact::Exit(ExitFact {
+                pid: 610,
+                start_ticks: Some(700),
+                time_ns: 0,
+                exit_status: Some(9),
+            }),
+        );
+        assert_eq!(records[0].event["EXIT_SIGNAL"], 9);
+        assert!(records[0].event.get("EXIT_CODE").is_none());
+    }
+
+    #[test]
+    fn fork_only_exit_sends_nothing() {
+        let (_dir, mut enricher) = fixture();
+        collect(
+            &mut enricher,
+            Fact::Fork(ForkFact {
+                pid: 700,
+                ppid: 1,
+                start_ticks: Some(10),
+                time_ns: 0,
+            }),
+        );
+        let records = collect(
+            &mut enricher,
+            Fact::Exit(ExitFact {
+                pid: 700,
+                start_ticks: None,
+                time_ns: 0,
+                exit_status: Some(0),
+            }),
+        );
+        assert!(records.is_empty());
+        assert_eq!(enricher.stats.fork_only_exits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn non_utf8_argument_keeps_bytes() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            800,
+            1,
+            5,
+            "x",
+            "/tmp/\u{e9}x",
+            &[b"/tmp/x", b"\xff\n\x1b"],
+            0,
+            "",
+        );
+        let records = collect(&mut enricher, exec(800));
+        let line = records[0].to_json_line();
+        assert!(!line.contains('\n'));
+        assert_eq!(records[0].event["COMMAND_LINE"], "/tmp/x \\xff\n\u{1b}");
+        let raw = picket_event::bytes::get_bytes(&records[0].event, "COMMAND_LINE").unwrap();
+        assert_eq!(raw, b"/tmp/x \xff\n\x1b");
+    }
+
+    #[test]
+    fn reparented_child_links_to_new_parent() {
+        let (dir, mut enricher) = fixture();
+        collect(&mut enricher, Fact::Existing { pid: 1 });
+        write_process(
+            dir.path(),
+            900,
+            850,
+            60,
+            "daemon",
+            "/usr/bin/daemon",
+            &[b"daemon"],
+            0,
+            "",
+        );
+        // Parent 850 exited before the scan and the daemon was reparented
+        // to init: the /proc value (ppid 1) is what the event carries.
+        write_process(
+            dir.path(),
+            900,
+            1,
+            60,
+            "daemon",
+            "/usr/bin/daemon",
+            &[b"daemon"],
+            0,
+            "",
+        );
+        let records = collect(&mut enricher, Fact::Existing { pid: 900 });
+        assert_eq!(records[0].event["PARENT_PROCESS_ID"], 1);
+        assert_eq!(
+            records[0].routing.parent.as_deref(),
+            Some(process_atom("boot", 1, 1).as_str())
+        );
+    }
+
+    #[test]
+    fn file_fact_links_to_process() {
+        let (dir, mut enricher) = fixture();
+        write_process(
+            dir.path(),
+            820,
+            100,
+            900,
+            "sh",
+            "/bin/sh",
+            &[b"sh"],
+            0,
+            "0::/system.slice/docker-abc.scope\n",
+        );
+        collect(&mut enricher, exec(820));
+        let fact = FileFact {
+            action: FileAction::Rename,
+            pid: 820,
+            start_ticks: Some(900),
+            path: b"/etc/a".to_vec(),
+            new_path: Some(b"/etc/b\xff".to_vec()),
+            time_ns: 7_000_000,
+        };
+        let records = collect(&mut enricher, Fact::File(fact));
+        let record = &records[0];
+        assert_eq!(record.routing.event_type, "FILE_RENAME");
+        assert_eq!(record.event["FILE_PATH"], "/etc/a");
+        assert_eq!(record.event["NEW_FILE_PATH"], "/etc/b\\xff");
+        assert!(record.event.contains_key("NEW_FILE_PATH_B64"));
+        assert_eq!(record.event["PROCESS_ID"], 820);
+        assert_eq!(record.event["TIMESTAMP"], 7);
+        assert_eq!(record.event["CONTAINER"]["ID"], "abc");
+        assert_eq!(
+            record.routing.this.as_deref(),
+            Some(process_atom("boot", 820, 900).as_str())
+        );
+    }
+
+    #[test]
+    fn passwd_first_entry_wins() {
+        let names = parse_passwd("a:x:5:5::/:/bin/sh\nb:x:5:5::/:/bin/sh\nbroken\n# comment\n");
+        assert_eq!(names[&5], "a");
+        assert_eq!(names.len(), 1);
+    }
+}
