@@ -41,6 +41,9 @@ const CONTRACT_FLAGS: &[&str] = &[
 ];
 
 /// The eBPF DaemonSet's pod settings expressed as `docker run` flags.
+/// NOTE: the manifest's `mountPropagation: HostToContainer` (`rslave`) is
+/// left out, because Docker rejects it when the host's `/` is a private
+/// mount, as on hosts booted without systemd.
 const EBPF_DAEMONSET_FLAGS: &[&str] = &[
     "--pid=host",
     "--net=host",
