@@ -37,7 +37,7 @@ use crate::writer::error_chain;
 
 /// How often `follow` looks for new events.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// Largest accepted request body.
+/// Maximum accepted request body, in bytes.
 const MAX_BODY_BYTES: usize = 64 << 10;
 
 #[derive(Clone)]

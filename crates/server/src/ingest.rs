@@ -34,7 +34,7 @@ use crate::store::{
 };
 use crate::writer::{error_chain, WriteResult, Writer};
 
-/// Largest gRPC message accepted from a sensor.
+/// Maximum gRPC message size accepted from a sensor, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// How long a new stream may take to send `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ const DISK_FULL_BACKOFF_SECS: u32 = 60;
 pub const SENSOR_CLONE: &str = "sensor_clone";
 /// How often tasks are looked up for a connected sensor without a wake-up.
 const TASK_POLL: Duration = Duration::from_secs(30);
-/// Longest accepted hostname, host identity or instance id.
+/// Maximum length of a hostname, host identity or instance id, in bytes.
 const MAX_IDENTITY_LEN: usize = 256;
 
 /// Streams currently open, by SID.

@@ -237,7 +237,11 @@ async fn follow_streams_new_events_of_own_org() {
         .unwrap();
 
     let old = process_event("node-a", 0);
-    stream_a.tx.send(batch(1, std::slice::from_ref(&old))).await.unwrap();
+    stream_a
+        .tx
+        .send(batch(1, std::slice::from_ref(&old)))
+        .await
+        .unwrap();
     stream_a.wait_ack(1).await.unwrap();
 
     let mut follow = tokio::net::TcpStream::connect(server.http_addr)
@@ -251,8 +255,16 @@ async fn follow_streams_new_events_of_own_org() {
 
     let new_a = process_event("node-a", 1);
     let new_b = process_event("node-b", 1);
-    stream_a.tx.send(batch(2, std::slice::from_ref(&new_a))).await.unwrap();
-    stream_b.tx.send(batch(1, std::slice::from_ref(&new_b))).await.unwrap();
+    stream_a
+        .tx
+        .send(batch(2, std::slice::from_ref(&new_a)))
+        .await
+        .unwrap();
+    stream_b
+        .tx
+        .send(batch(1, std::slice::from_ref(&new_b)))
+        .await
+        .unwrap();
     stream_a.wait_ack(2).await.unwrap();
     stream_b.wait_ack(1).await.unwrap();
 
