@@ -13,7 +13,7 @@
 #    command line) until Ctrl-C, then removes everything it started.
 #
 # Without a Docker engine the sensor runs directly on the host, with sample
-# workloads as plain host processes, and the script says so.
+# workloads as plain host processes, and prints that it does.
 #
 # Usage: scripts/demo.sh [--no-docker] [--all] [--duration SECONDS]
 #   --no-docker         run the sensor on the host even if Docker answers
@@ -225,7 +225,11 @@ event = json.loads(sys.stdin.read())["event"]
 print("tier", event.get("ACQUISITION_TIER"), "| skipped:", json.dumps(event.get("TIER_REASONS", {})))' <<<"$connected")"
 else
     say "no CONNECTED event after 20 s; sensor output follows"
-    if [[ $use_docker == 1 ]]; then docker logs --tail 20 "$prefix-sensor" >&2; else tail -n 20 "$work/sensor.log" >&2; fi
+    if [[ $use_docker == 1 ]]; then
+        docker logs --tail 20 "$prefix-sensor" >&2
+    else
+        tail -n 20 "$work/sensor.log" >&2
+    fi
 fi
 if ((${#filters[@]})); then
     say "following container events (--all shows host events too); Ctrl-C stops the demo and removes what it started"
