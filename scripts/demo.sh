@@ -13,10 +13,11 @@
 #    command line) until Ctrl-C, then removes everything it started.
 #
 # Without a Docker engine the sensor runs directly on the host, with sample
-# workloads as plain host processes, and the script says so.
+# workloads as plain host processes, and prints that it does.
 #
-# Usage: scripts/demo.sh [--no-docker] [--duration SECONDS]
+# Usage: scripts/demo.sh [--no-docker] [--all] [--duration SECONDS]
 #   --no-docker         run the sensor on the host even if Docker answers
+#   --all               show host events too, not only container events
 #   --duration SECONDS  stop after SECONDS instead of waiting for Ctrl-C
 #
 # Run as root: the sensor reads every process of the host.
@@ -31,9 +32,12 @@ fail() {
 
 use_docker=1
 duration=""
+# Host events (build tools, editors) drown the workloads on a busy machine.
+filters=(--match "event/CONTAINER exists")
 while (($#)); do
     case "$1" in
         --no-docker) use_docker=0 ;;
+        --all) filters=() ;;
         --duration)
             duration=${2:?--duration needs a number of seconds}
             shift
@@ -88,16 +92,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- build ---------------------------------------------------------------
-if [[ $use_docker == 1 ]]; then
-    say "building static binaries and images (first build takes minutes)"
-    "$root/scripts/build-images.sh" "demo-$token" >/dev/null
-    sensor_image="picket/sensor:demo-$token"
-else
-    say "building static binaries (first build takes minutes)"
-fi
-mapfile -t binaries < <("$root/scripts/build-static.sh" 2>/dev/null)
+say "building static binaries (the first build takes minutes)"
+mapfile -t binaries < <("$root/scripts/build-static.sh")
 sensor_binary=${binaries[0]}
 server_binary=${binaries[1]}
+if [[ $use_docker == 1 ]]; then
+    say "building the FROM-scratch images"
+    "$root/scripts/build-images.sh" --skip-build "demo-$token" >/dev/null
+    sensor_image="picket/sensor:demo-$token"
+fi
 
 for binary in "$sensor_binary" "$server_binary"; do
     if "$binary" --help 2>&1 | grep -q "not built yet"; then
@@ -208,9 +211,34 @@ fi
 start_sensor
 
 # --- follow --------------------------------------------------------------
-say "following events; Ctrl-C stops the demo and removes what it started"
-if [[ -n "$duration" ]]; then
-    timeout --foreground "$duration" "$server_binary" events follow --table --data "$work/data" || true
+if [[ $use_docker == 0 ]]; then
+    filters=()
+fi
+for _ in $(seq 1 100); do
+    connected=$(admin events query --json --type CONNECTED --limit 1 2>/dev/null || true)
+    [[ -n "$connected" ]] && break
+    sleep 0.2
+done
+if [[ -n "$connected" ]]; then
+    say "sensor connected: $(python3 -c 'import json, sys
+event = json.loads(sys.stdin.read())["event"]
+print("tier", event.get("ACQUISITION_TIER"), "| skipped:", json.dumps(event.get("TIER_REASONS", {})))' <<<"$connected")"
 else
-    "$server_binary" events follow --table --data "$work/data"
+    say "no CONNECTED event after 20 s; sensor output follows"
+    if [[ $use_docker == 1 ]]; then
+        docker logs --tail 20 "$prefix-sensor" >&2
+    else
+        tail -n 20 "$work/sensor.log" >&2
+    fi
+fi
+if ((${#filters[@]})); then
+    say "following container events (--all shows host events too); Ctrl-C stops the demo and removes what it started"
+else
+    say "following events; Ctrl-C stops the demo and removes what it started"
+fi
+follow=("$server_binary" events follow --table "${filters[@]}" --data "$work/data")
+if [[ -n "$duration" ]]; then
+    timeout --foreground "$duration" "${follow[@]}" || true
+else
+    "${follow[@]}"
 fi

@@ -217,8 +217,11 @@ fn text_field(record: &Value, path: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// True when one whitespace-separated word of the command line is `marker`;
+/// a substring match would confuse `...-before` with `...-before-pod`.
 fn command_line_contains(record: &Value, marker: &str) -> bool {
-    text_field(record, "event/COMMAND_LINE").is_some_and(|line| line.contains(marker))
+    text_field(record, "event/COMMAND_LINE")
+        .is_some_and(|line| line.split_whitespace().any(|word| word == marker))
 }
 
 fn container_field(record: &Value, field: &str) -> Option<String> {

@@ -1,8 +1,8 @@
-//! Checks the FROM-scratch images built by `scripts/build-images.sh`: the
-//! sensor image's entry point, environment and working directory match the
-//! deployment contract, each image contains only its binary and the empty
-//! directories it needs, and the server image serves as an unprivileged
-//! user on a read-only root file system.
+//! Checks the FROM-scratch images built by `scripts/build-images.sh`. The
+//! sensor image's entry point, environment and working directory must match
+//! the deployment contract. Each image must contain only its binary and the
+//! empty directories it needs. The server image must serve as an
+//! unprivileged user on a read-only root file system.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
