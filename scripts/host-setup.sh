@@ -9,6 +9,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+config_file=/etc/docker/daemon.json
+docker_config_changed=0
 log() { printf 'host-setup: %s\n' "$*" >&2; }
 
 packages=(
@@ -44,7 +46,7 @@ bounding_set_is_short() {
 }
 
 configure_docker() {
-    local config=/etc/docker/daemon.json
+    local config=$config_file
     mkdir -p /etc/docker
     [[ -f "$config" ]] || echo '{}' > "$config"
     if bounding_set_is_short; then
@@ -52,7 +54,25 @@ configure_docker() {
         install -D -m 0755 "$here/runc-capfix" /usr/local/lib/picket/runc-capfix
         jq '.runtimes["picket-capfix"] = {"path": "/usr/local/lib/picket/runc-capfix"}
             | .["default-runtime"] = "picket-capfix"' "$config" > "$config.new"
-        mv "$config.new" "$config"
+        if cmp -s "$config" "$config.new"; then
+            rm "$config.new"
+        else
+            mv "$config.new" "$config"
+            docker_config_changed=1
+        fi
+    fi
+}
+
+# A dockerd that was already running (apt starts it on systemd hosts) reads
+# daemon.json only at start.
+apply_docker_config() {
+    [[ "$docker_config_changed" == 1 ]] || return 0
+    docker info >/dev/null 2>&1 || return 0
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker; then
+        log "restarting docker.service to apply $config_file"
+        systemctl restart docker
+    else
+        log "dockerd is running with an older /etc/docker/daemon.json; restart it to use the picket-capfix runtime"
     fi
 }
 
@@ -105,6 +125,7 @@ install_packages
 check_rust
 if [[ "${PICKET_NO_DOCKER:-0}" != 1 ]]; then
     configure_docker
+    apply_docker_config
     start_docker
     build_test_image
 fi
