@@ -26,9 +26,27 @@ pub enum Format {
     Json,
 }
 
+/// Opens the store, creating the data directory and database if needed.
 pub fn open_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(data_dir, 0)
         .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// Opens the store of an existing data directory. Commands other than
+/// `org create` and `serve` use it, so a mistyped `--data` is reported
+/// instead of silently creating an empty store there.
+pub fn open_existing_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    let db = data_dir.join(crate::store::sqlite::DB_FILE);
+    if !db.exists() {
+        anyhow::bail!(
+            "no Picket data directory at {} ({} not found); check --data or PICKET_DATA, \
+             or create one with `picket-server org create NAME --data {}`",
+            data_dir.display(),
+            db.display(),
+            data_dir.display()
+        );
+    }
+    open_store(data_dir)
 }
 
 /// Records the advertised URL for later `key create` runs.
@@ -56,7 +74,7 @@ pub fn org_create(data_dir: &Path, name: &str, out: &mut impl Write) -> anyhow::
 }
 
 pub fn org_list(data_dir: &Path, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
-    let orgs = open_store(data_dir)?.list_orgs()?;
+    let orgs = open_existing_store(data_dir)?.list_orgs()?;
     match format {
         Format::Json => orgs
             .iter()
@@ -103,7 +121,7 @@ pub fn key_create(
         .or_else(|| advertised_url(data_dir))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
 
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let org = store.find_org(opts.org)?;
     // The certificate is created here when the server has not run yet, so the
     // key can carry its fingerprint.
@@ -137,7 +155,7 @@ pub fn key_list(
     format: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
     let keys = store.list_installation_keys(org_id.as_deref())?;
     match format {
@@ -168,7 +186,7 @@ pub fn key_list(
 }
 
 pub fn key_revoke(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    open_store(data_dir)?.revoke_installation_key(id)?;
+    open_existing_store(data_dir)?.revoke_installation_key(id)?;
     writeln!(
         out,
         "revoked installation key {id}; sensors already enrolled with it keep streaming"
@@ -177,7 +195,7 @@ pub fn key_revoke(data_dir: &Path, id: &str, out: &mut impl Write) -> anyhow::Re
 }
 
 pub fn apikey_create(data_dir: &Path, org: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let org = store.find_org(org)?;
     let secret = auth::new_secret();
     let row = store.create_api_key(&org.id, auth::sha256(&secret))?;
@@ -191,7 +209,7 @@ pub fn sensors_list(
     format: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
     let sensors = store.list_sensors(org_id.as_deref())?;
     match format {
@@ -241,7 +259,7 @@ pub fn events_query(
     format: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
     query.org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
     let mut events = store.query_events(&query)?;
@@ -269,7 +287,7 @@ pub fn events_follow(
     format: Format,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let store = open_store(data_dir)?;
+    let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
     query.org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
     query.after_num = Some(store.last_event_num()?);

@@ -457,3 +457,31 @@ async fn cli_follow_prints_new_events() {
     );
     server.shutdown().await;
 }
+
+#[test]
+fn read_commands_reject_missing_data_dir() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("typo");
+    for args in [
+        &["sensors", "list"][..],
+        &["events", "query", "--limit", "1"][..],
+        &["org", "list"][..],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_picket-server"))
+            .args(args)
+            .arg("--data")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{args:?} succeeded on a missing data dir"
+        );
+        assert!(
+            stderr.contains("no Picket data directory"),
+            "{args:?} stderr: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
