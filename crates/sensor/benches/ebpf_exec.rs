@@ -16,8 +16,8 @@
 //! - the observer's peak RSS (VmHWM).
 //!
 //! bpftrace reads argv at `sys_enter_execve` from the caller's user
-//! pointers (`join(args->argv)`); it runs in a private mount namespace with
-//! tracefs mounted there, since its tracepoints need tracefs.
+//! pointers (`join(args->argv)`). Its tracepoints need tracefs, so it runs in
+//! a private mount namespace with tracefs mounted there.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -450,7 +450,7 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// A `/proc/<pid>/status` memory field such as `VmHWM:`, in KiB.
+/// Reads a `/proc/<pid>/status` memory field such as `VmHWM:`, in KiB.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -462,7 +462,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 fn print_table(execs: u32, rows: &[Row]) {
     println!("exec storm: {execs} execs of /bin/true <nonce> <i> per run");
     println!(
-        "{:<10} {:<8} {:<9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>9}  {}",
+        "{:<10} {:<8} {:<9} {:>7} {:>9} {:>11} {:>7} {:>7} {:>9} {:>9}  observer losses",
         "place",
         "target",
         "observer",
@@ -472,8 +472,7 @@ fn print_table(execs: u32, rows: &[Row]) {
         "wall+%",
         "cpu+%",
         "peak RSS",
-        "end RSS",
-        "observer losses"
+        "end RSS"
     );
     for r in rows {
         println!(

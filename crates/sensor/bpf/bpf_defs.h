@@ -38,6 +38,7 @@ static long (*bpf_probe_read_kernel_str)(void *dst, u32 size, const void *src) =
 	(void *)BPF_FUNC_probe_read_kernel_str;
 static long (*bpf_probe_read_user_str)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user_str;
 static u64 (*bpf_ktime_get_boot_ns)(void) = (void *)BPF_FUNC_ktime_get_boot_ns;
+static u64 (*bpf_ringbuf_query)(void *ringbuf, u64 flags) = (void *)BPF_FUNC_ringbuf_query;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)BPF_FUNC_ringbuf_output;
 
 /* Read one kernel field through a CO-RE relocated address. Works in every

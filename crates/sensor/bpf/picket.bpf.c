@@ -50,6 +50,8 @@ const volatile u32 prefix_count = 0;
 /* Per-process file event budget: tokens per second and bucket size. */
 const volatile u32 file_rate_per_sec = 0;
 const volatile u32 file_burst = 0;
+/* Bytes waiting in the ring buffer before a record wakes the reader. */
+const volatile u64 wakeup_bytes = 0;
 /* FMODE_CREATED: open(2) set it when it created the file (Linux 4.19+). */
 const volatile u32 fmode_created = 0x100000;
 /* Syscall numbers of this architecture; -1 where a call does not exist. */
@@ -181,6 +183,19 @@ static __always_inline void count_loss(u32 slot)
 	u64 *counter = bpf_map_lookup_elem(&loss, &slot);
 	if (counter)
 		*counter += 1;
+}
+
+/*
+ * A wakeup per record costs more than the rest of a fork or exit program on
+ * some virtual machines, so records wake the reader only once wakeup_bytes
+ * are waiting. The reader also polls on a short timeout, which bounds the
+ * delay of a quiet host's last events.
+ */
+static __always_inline u64 wakeup_flag(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline u64 start_ticks_of(struct task_struct *task)
@@ -494,7 +509,7 @@ int handle_exec(u64 *ctx)
 	u64 size = EXEC_DATA_OFFSET + off + len;
 	if (size > sizeof(*ev))
 		return 0;
-	if (bpf_ringbuf_output(&events, ev, size, 0) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flag()) < 0)
 		count_loss(LOSS_RINGBUF);
 	return 0;
 }
@@ -514,7 +529,7 @@ int handle_fork(u64 *ctx)
 	ev.hdr.start_ticks = rd(child->start_boottime) / NSEC_PER_TICK;
 	struct task_struct *parent = rd(child->real_parent);
 	ev.ppid = rd(parent->tgid);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0) < 0)
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), wakeup_flag()) < 0)
 		count_loss(LOSS_RINGBUF);
 	return 0;
 }
@@ -535,7 +550,7 @@ int handle_exit(u64 *ctx)
 	ev.hdr.time_boot_ns = bpf_ktime_get_boot_ns();
 	ev.hdr.start_ticks = start_ticks_of(task);
 	ev.exit_status = rd(task->exit_code);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0) < 0)
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), wakeup_flag()) < 0)
 		count_loss(LOSS_RINGBUF);
 	return 0;
 }
@@ -732,7 +747,7 @@ static __always_inline void send_file_event(u32 action, u32 tgid, u32 path_len, 
 	asm volatile("" : "+r"(size));
 	if (size > sizeof(*ev))
 		return;
-	if (bpf_ringbuf_output(&events, ev, size, 0) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flag()) < 0)
 		count_loss(LOSS_RINGBUF);
 }
 

@@ -42,13 +42,13 @@ impl Env {
         }
     }
 
-    /// The value of `name`; an empty value counts as unset.
+    /// Returns the value of `name`. An empty value counts as unset.
     pub fn get(&self, name: &str) -> Option<&OsString> {
         self.vars.get(name).filter(|v| !v.is_empty())
     }
 }
 
-/// Which acquisition tier to use. `Auto` tries the best tier first; a named
+/// Acquisition tier choice. `Auto` tries the best tier first; a named
 /// tier is the highest the sensor will try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TierChoice {

@@ -9,6 +9,23 @@
 //! `routing/parent` atoms. A process that was gone before it could be read is
 //! still reported with `DETAILS_UNAVAILABLE: true` and what the tier itself
 //! saw. It is never filled from whatever process has its pid now.
+//!
+//! Other flags: `ZOMBIE` (exited, not yet reaped when read), and for a
+//! command line past [`COMMAND_LINE_CAP`] bytes `COMMAND_LINE_TRUNCATED`,
+//! `COMMAND_LINE_LENGTH` (the original length in bytes, NULs included) and
+//! `COMMAND_LINE_CAP`. The eBPF tier can add `ARGUMENT_COUNT` (for a cut
+//! command line), `FILE_PATH_TRUNCATED`, `WORKING_DIRECTORY_TRUNCATED` and
+//! `FILE_KIND` (`deleted`, `memfd`, `dev_shm` or `fd` for a program that was
+//! not a regular file on disk). `TERMINATE_PROCESS` adds `EXIT_CODE`, or `EXIT_SIGNAL`
+//! for a process killed by a signal, when the tier knows it (not in `/proc`
+//! polling). File facts become `FILE_CREATE`, `FILE_DELETE`,
+//! `FILE_MODIFIED` and `FILE_RENAME` (with `NEW_FILE_PATH`). Byte fields that
+//! are not UTF-8 get a `<FIELD>_B64` sibling (see `picket_event::bytes`).
+//!
+//! NOTE: in the netlink and eBPF tiers a process that forks and never execs
+//! (a worker of a pre-forking server) is kept in the table as a parent but
+//! gets no NEW_PROCESS or TERMINATE_PROCESS of its own; the `/proc` polling
+//! tier reports it like any other new pid.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,9 +39,11 @@ use picket_event::types;
 use picket_event::Record;
 use serde_json::{Map, Value};
 
-use crate::collect::{ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact};
+use crate::collect::{
+    ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
+};
 use crate::hostfs::{self, HostFs};
-use crate::process::procfs::{self, COMMAND_LINE_CAP};
+use crate::process::procfs::{self, KernelFacts, COMMAND_LINE_CAP};
 use crate::process::table::DEFAULT_CAPACITY;
 use crate::process::{Entry, Prefetch, ProcessInfo, ProcessKey, ProcessTable, ReadError};
 
@@ -86,7 +105,11 @@ fn bump(counter: &AtomicU64) {
 }
 
 /// User names from `$HOST_FS/etc/passwd`, reloaded when the file changes
-/// (checked at most every [`UserNames::RECHECK`]).
+/// (checked at most every 5 s).
+///
+/// NOTE: a containerised process's uid is named from the host's passwd, not
+/// the container image's, so `USER_NAME` can differ from what `id` prints
+/// inside the container.
 pub struct UserNames {
     path: PathBuf,
     names: HashMap<u32, String>,
@@ -445,6 +468,18 @@ impl Enricher {
             gid: Some(details.gid),
             threads: 1,
             cgroup_text: details.cgroup_text,
+            kernel: KernelFacts {
+                argc: Some(details.argc),
+                exe_truncated: details.exe_truncated,
+                cwd_truncated: details.cwd_truncated,
+                exe_kind: match details.exe_kind {
+                    ExeKind::Regular => None,
+                    ExeKind::Deleted => Some("deleted"),
+                    ExeKind::Memfd => Some("memfd"),
+                    ExeKind::DevShm => Some("dev_shm"),
+                    ExeKind::Fd => Some("fd"),
+                },
+            },
             ..ProcessInfo::default()
         };
         self.make_entry(info, false)
@@ -595,6 +630,20 @@ impl Enricher {
                 map.insert("COMMAND_LINE_LENGTH".into(), info.cmdline_len.into());
                 map.insert("COMMAND_LINE_CAP".into(), COMMAND_LINE_CAP.into());
             }
+        }
+        if info.kernel.exe_truncated {
+            map.insert("FILE_PATH_TRUNCATED".into(), true.into());
+        }
+        if let Some(kind) = info.kernel.exe_kind {
+            map.insert("FILE_KIND".into(), kind.into());
+        }
+        if info.cmdline_truncated {
+            if let Some(argc) = info.kernel.argc {
+                map.insert("ARGUMENT_COUNT".into(), argc.into());
+            }
+        }
+        if info.kernel.cwd_truncated {
+            map.insert("WORKING_DIRECTORY_TRUNCATED".into(), true.into());
         }
         if let Some(cwd) = &info.cwd {
             put_bytes(&mut map, "WORKING_DIRECTORY", cwd);
@@ -1005,6 +1054,47 @@ mod tests {
         assert_eq!(
             record.routing.this.as_deref(),
             Some(process_atom("boot", 820, 900).as_str())
+        );
+    }
+
+    #[test]
+    fn kernel_details_are_used_and_flagged() {
+        let (_dir, mut enricher) = fixture();
+        let details = ExecDetails {
+            exe: b"/memfd:payload (deleted)".to_vec(),
+            argv: vec![b"payload".to_vec(), b"-x".to_vec()],
+            argc: 9,
+            argv_truncated: true,
+            cwd: b"/tmp".to_vec(),
+            uid: 1000,
+            cgroup_text: "0::/system.slice/docker-abc.scope\n".into(),
+            exe_kind: ExeKind::Memfd,
+            ..ExecDetails::default()
+        };
+        let fact = ExecFact {
+            pid: 830,
+            ppid: Some(1),
+            start_ticks: Some(950),
+            time_ns: 0,
+            details: Some(details),
+        };
+        let records = collect(&mut enricher, Fact::Exec(fact));
+        let event = &records[0].event;
+        assert_eq!(event["FILE_PATH"], "/memfd:payload (deleted)");
+        assert_eq!(event["FILE_KIND"], "memfd");
+        assert_eq!(event["COMMAND_LINE"], "payload -x");
+        assert_eq!(event["COMMAND_LINE_TRUNCATED"], true);
+        assert_eq!(event["ARGUMENT_COUNT"], 9);
+        assert!(
+            event.get("COMMAND_LINE_LENGTH").is_none(),
+            "the original length is unknown"
+        );
+        assert_eq!(event["USER_NAME"], "alice");
+        assert_eq!(event["WORKING_DIRECTORY"], "/tmp");
+        assert_eq!(event["CONTAINER"]["ID"], "abc");
+        assert_eq!(
+            records[0].routing.this.as_deref(),
+            Some(process_atom("boot", 830, 950).as_str())
         );
     }
 

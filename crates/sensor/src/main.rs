@@ -58,6 +58,9 @@ enum Command {
     /// Print what the sensor makes of its inputs, as one JSON object.
     #[command(subcommand)]
     Explain(Explain),
+    /// Print every TCP and UDP socket of every network namespace on the
+    /// host, with its process and container.
+    Netstat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Explain(Explain::Cgroup { file })) => explain_cgroup(&host_fs, &file),
         Some(Command::Explain(Explain::Pid { pid })) => explain_pid(host_fs, cgroup_ns, pid),
+        Some(Command::Netstat) => netstat(&host_fs, &env),
         None => run_sensor(
             cli.key,
             cli.stdout,
@@ -181,6 +185,21 @@ fn log_host_facts(host: &HostFacts) {
         }
     }
     tracing::info!(hostname = %host.hostname, boot_id = %host.boot_id, kernel = %host.kernel_release, "host identified");
+}
+
+/// Prints the socket table. Container attribution needs the host cgroup
+/// namespace, which `main` joined before this runs.
+fn netstat(host_fs: &HostFs, env: &Env) -> anyhow::Result<()> {
+    let net_ns = env.get("NET_NS").map(PathBuf::from);
+    let resolver = picket_sensor::container::ContainerResolver::new(host_fs.root());
+    let mut out = std::io::stdout().lock();
+    picket_sensor::netstat::run(
+        host_fs.root(),
+        net_ns.as_deref(),
+        std::sync::Arc::new(resolver),
+        &mut out,
+    )
+    .context("cannot write the socket table")
 }
 
 fn explain_cgroup(host_fs: &HostFs, file: &str) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ use crate::hostfs::{self, HostFs};
 pub enum NsState {
     Host,
     Private,
-    /// The comparison failed; the text says why.
+    /// The comparison failed; the text gives the reason.
     Unknown(String),
 }
 
@@ -59,8 +59,8 @@ impl CgroupNs {
 }
 
 /// Compares the namespace `kind` of the sensor (`/proc/self/ns/<kind>` of the
-/// sensor's own procfs) with that of host pid 1 (or pid 2, see
-/// [`host_ns_file`]).
+/// sensor's own procfs) with that of host pid 1, or of pid 2 (`kthreadd`)
+/// when pid 1's is unreadable.
 pub fn compare_with_host(fs: &HostFs, kind: &str) -> NsState {
     compare_with_host_from(fs, Path::new("/proc/self/ns"), kind)
 }
@@ -81,7 +81,7 @@ fn compare_with_host_from(fs: &HostFs, own_ns_dir: &Path, kind: &str) -> NsState
     }
 }
 
-/// The host's namespace file of `kind` and its identity: that of pid 1, or
+/// Returns the host's namespace file of `kind` and its identity: that of pid 1, or
 /// of pid 2 (`kthreadd`, always in the initial namespaces) when pid 1's
 /// cannot be read. Some init systems and sandboxes make pid 1 unreadable even
 /// to root.
@@ -167,7 +167,7 @@ impl HostFacts {
     }
 }
 
-/// The host's boot id, or an empty string when unreadable (atoms then only
+/// Reads the host's boot id, or returns an empty string when unreadable (atoms then only
 /// stay unique within this boot of the sensor's view).
 pub fn read_boot_id(fs: &HostFs) -> String {
     fs.read_to_string("/proc/sys/kernel/random/boot_id")
@@ -175,7 +175,7 @@ pub fn read_boot_id(fs: &HostFs) -> String {
         .unwrap_or_default()
 }
 
-/// The host's name: `$HOST_FS/etc/hostname`, else the kernel node name.
+/// Reads the host's name: `$HOST_FS/etc/hostname`, else the kernel node name.
 /// With `--net=host` alone the container's UTS namespace is private, so the
 /// file is preferred.
 pub fn read_hostname(fs: &HostFs) -> String {

@@ -2,7 +2,7 @@
 //! transport to the platform, the stdout sink), and the stdout sink itself.
 //!
 //! Each channel is bounded. A full channel makes enrichment wait, which in
-//! turn fills the collector's queue; loss then happens, and is counted, at
+//! turn fills the collector's queue. Loss then happens, and is counted, at
 //! the collector (for example ENOBUFS on the netlink socket), so no record is
 //! dropped silently here.
 

@@ -6,6 +6,11 @@
 //! eBPF, then the netlink process connector, then `/proc` polling, and
 //! records why each higher tier was not used. `--tier` names the highest
 //! tier to try. The reasons appear in the `CONNECTED` event and one log line.
+//!
+//! Beside the tier run the network collector, whose records are forwarded to
+//! the same outputs, and, with `-d KEY`, the transport to the platform. At
+//! shutdown the tier stops first, then the network collector, then
+//! enrichment drains its queue and the outputs flush.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +22,7 @@ use std::time::Duration;
 use picket_event::{types, Record};
 use serde_json::{Map, Value};
 
-use crate::collect::{cnproc, ebpf, procscan, Fact, Tier};
+use crate::collect::{cnproc, ebpf, net, procscan, Fact, Tier};
 use crate::config::{Config, TierChoice};
 use crate::container::{self, ContainerInfo, ContainerResolver, ResolverConfig};
 use crate::enrich::{ContainerLookup, Enricher, Stats};
@@ -166,6 +171,63 @@ pub fn container_lookup(fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLooku
     })
 }
 
+/// Starts the network collector (socket tables and DNS of every network
+/// namespace) with a thread that forwards its records to the outputs. A
+/// collector that cannot start is logged and the sensor runs without it.
+fn start_network(
+    config: &Config,
+    host: &HostFacts,
+    outbound: Outbound,
+) -> Option<(net::NetHandle, JoinHandle<()>)> {
+    let mut resolver_config = ResolverConfig::default();
+    if !host.cgroup_ns.attribution_available() {
+        resolver_config.cgroup_prefix = container::find_host_cgroup_prefix(config.host_fs.root())
+            .ok()
+            .flatten();
+    }
+    let resolver = Arc::new(ContainerResolver::with_config(
+        config.host_fs.root(),
+        resolver_config,
+    ));
+    let net_config = net::NetConfig {
+        hostname: host.hostname.clone(),
+        ..net::NetConfig::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(output::CHANNEL_CAPACITY);
+
+    let handle = match net::spawn(
+        net_config,
+        config.host_fs.root().to_path_buf(),
+        config.net_ns.clone(),
+        resolver,
+        tx,
+    ) {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!(error = %e, "network collector unavailable; no connection or DNS events");
+            return None;
+        }
+    };
+    let forward = std::thread::Builder::new()
+        .name("net-forward".into())
+        .spawn(move || {
+            let mut outbound = outbound;
+            while let Some(record) = rx.blocking_recv() {
+                if !outbound.send_blocking(record) {
+                    break;
+                }
+            }
+        });
+    match forward {
+        Ok(forward) => Some((handle, forward)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the network forwarding thread");
+            handle.stop();
+            None
+        }
+    }
+}
+
 /// Adapter from [`ContainerResolver`] to [`ContainerLookup`], keeping the
 /// `CONTAINER` object of each resolved container so it is built once.
 struct ResolverLookup {
@@ -282,6 +344,8 @@ pub async fn run(
     drop(ctx);
     log_selection(&selection);
 
+    let network = start_network(&config, &host, outbound.clone());
+
     let transport = match (config.key.clone(), transport_rx) {
         (Some(key), Some(rx)) => {
             let mut transport_config = TransportConfig::new(key, host.hostname.clone());
@@ -322,6 +386,13 @@ pub async fn run(
     drop(selection.guards);
     for thread in selection.threads {
         let _ = thread.join();
+    }
+    if let Some((handle, forward)) = network {
+        let _ = tokio::task::spawn_blocking(move || {
+            handle.stop();
+            forward.join()
+        })
+        .await;
     }
     let _ = tokio::task::spawn_blocking(move || enrich_thread.join()).await;
     for sink in sinks {
@@ -433,10 +504,15 @@ mod tests {
             tx,
             stop: stop.clone(),
         };
-        let selection = select_tier(TierChoice::Auto, &ctx).unwrap();
+        // The eBPF tier may load on this host whatever the PID namespace, so
+        // the test starts below it, as the non-eBPF deployment does.
+        let selection = select_tier(TierChoice::Netlink, &ctx).unwrap();
         assert_eq!(selection.tier, Tier::ProcPoll);
         assert_eq!(selection.skipped.len(), 2);
-        assert_eq!(selection.skipped[0].0, Tier::Ebpf);
+        assert_eq!(
+            selection.skipped[0],
+            (Tier::Ebpf, "not tried: --tier netlink".to_owned())
+        );
         assert_eq!(selection.skipped[1].0, Tier::Netlink);
         assert!(
             selection.skipped[1]
@@ -488,7 +564,7 @@ mod tests {
             tx,
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let Err(SensorError::NoTier { reasons }) = select_tier(TierChoice::Auto, &ctx) else {
+        let Err(SensorError::NoTier { reasons }) = select_tier(TierChoice::Netlink, &ctx) else {
             panic!("a tier started without /proc")
         };
         assert!(reasons.contains("procpoll: cannot read"), "{reasons}");

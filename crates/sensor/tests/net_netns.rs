@@ -14,6 +14,7 @@ use std::time::Duration;
 use picket_sensor::collect::net::discover::{self, NetnsDir};
 use picket_sensor::collect::net::poll::Poller;
 use picket_sensor::collect::net::{sys, Attributor, NetConfig, NetStats, NoContainers};
+use picket_sensor::dns::{self, build};
 use serde_json::Value;
 use support::of_type;
 
@@ -239,6 +240,80 @@ fn file_only_namespace_child() {
         Some(std::process::id())
     );
     drop((listener, client, server));
+
+    capture_in_file_only_namespace(&netns_dir, &file, inode);
+}
+
+/// Runs the whole collector against the namespace and sends it a valid DNS
+/// response and two malformed ones over its loopback.
+fn capture_in_file_only_namespace(netns_dir: &Path, file: &Path, inode: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let config = NetConfig {
+        poll_interval: Duration::from_millis(200),
+        hostname: "test-host".into(),
+        ..NetConfig::default()
+    };
+    let handle = picket_sensor::collect::net::spawn(
+        config,
+        PathBuf::from("/"),
+        Some(netns_dir.to_path_buf()),
+        Arc::new(NoContainers),
+        tx,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&handle.stats, "capture_sockets") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no capture socket opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (resolver, client) = sys::run_in_netns(file, || {
+        let resolver = std::net::UdpSocket::bind("127.0.0.1:53")?;
+        let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        Ok((resolver, client))
+    })
+    .unwrap();
+    let query = build::query(0x7e57, "ok.picket.test", dns::TYPE_A);
+    let answer = build::AnswerData::Address("10.9.8.7".parse().unwrap());
+    let valid = build::response(&query, &[answer]).unwrap();
+    let truncated = valid[..valid.len() - 3].to_vec();
+    // A response whose answer name is a pointer to itself.
+    let mut looping = valid[..12 + 16 + 4].to_vec();
+    looping[7] = 1;
+    let at = looping.len();
+    looping.extend_from_slice(&[0xc0, at as u8, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+    let target = client.local_addr().unwrap();
+    for packet in [&truncated, &looping, &valid] {
+        resolver.send_to(packet, target).unwrap();
+    }
+
+    let mut dns_records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        while let Ok(record) = rx.try_recv() {
+            if record.routing.event_type == "DNS_REQUEST" {
+                dns_records.push(serde_json::to_value(record).unwrap());
+            }
+        }
+        if !dns_records.is_empty() && counter(&handle.stats, "dns_malformed") >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(dns_records.len(), 1, "{dns_records:#?}");
+    let event = &dns_records[0]["event"];
+    assert_eq!(event["DOMAIN_NAME"], "ok.picket.test");
+    assert_eq!(event["IP_ADDRESS"], "10.9.8.7");
+    assert_eq!(event["MESSAGE_ID"], 0x7e57);
+    assert_eq!(event["NETWORK_NAMESPACE"], inode);
+    assert_eq!(counter(&handle.stats, "dns_malformed"), 2);
+    assert_eq!(counter(&handle.stats, "dns_responses"), 1);
+    drop(rx);
+    handle.stop();
 }
 
 #[test]

@@ -86,6 +86,19 @@ struct Sensor {
 }
 
 impl Sensor {
+    /// Starts the sensor on the host, or returns `None` (after
+    /// [`skip_or_fail`]) when `tier` is eBPF and that tier cannot run here.
+    fn start_tier_or_skip(tier: &str) -> Option<Sensor> {
+        let sensor = Sensor::start_on_host(tier);
+        let chosen = sensor.connected()["event"]["ACQUISITION_TIER"].clone();
+        if tier == "ebpf" && chosen != "ebpf" {
+            let reason = sensor.connected()["event"]["TIER_REASONS"]["ebpf"].clone();
+            skip_or_fail(&format!("the eBPF tier cannot run here: {reason}"));
+            return None;
+        }
+        Some(sensor)
+    }
+
     fn start_on_host(tier: &str) -> Sensor {
         let child = Command::new(sensor_binary())
             .args(["--stdout", "--tier", tier])
@@ -272,7 +285,9 @@ fn check_host_exec(tier: &str) {
     if !is_root() {
         return skip_or_fail("needs root");
     }
-    let sensor = Sensor::start_on_host(tier);
+    let Some(sensor) = Sensor::start_tier_or_skip(tier) else {
+        return;
+    };
     let workdir = tempfile::tempdir().unwrap();
     let marker = format!("picket-host-{tier}-{}", std::process::id());
     let script = "sleep 1; exit 7";
@@ -298,7 +313,11 @@ fn check_host_exec(tier: &str) {
     assert_eq!(event["USER_NAME"], "root");
     assert_eq!(event["WORKING_DIRECTORY"], workdir.path().to_str().unwrap());
     assert_eq!(event["THREADS"], 1);
-    assert!(event["MEMORY_USAGE"].as_u64().unwrap() > 0);
+    if tier != "ebpf" {
+        // The eBPF tier takes details from the kernel at exec time and does
+        // not read the resident set size.
+        assert!(event["MEMORY_USAGE"].as_u64().unwrap() > 0);
+    }
     let created = event["CREATION_TIME"].as_u64().unwrap();
     let now = picket_event::record::now_ms();
     assert!(
@@ -336,13 +355,13 @@ fn check_host_exec(tier: &str) {
     let exit = sensor.process_event("TERMINATE_PROCESS", pid);
     assert_eq!(exit["routing"]["this"], this_atom.as_str());
     assert_eq!(exit["event"]["PARENT_PROCESS_ID"], std::process::id());
-    if tier == "netlink" {
-        assert_eq!(exit["event"]["EXIT_CODE"], 7);
-    } else {
+    if tier == "procpoll" {
         assert!(
             exit["event"].get("EXIT_CODE").is_none(),
             "polling cannot know the exit code"
         );
+    } else {
+        assert_eq!(exit["event"]["EXIT_CODE"], 7);
     }
 
     let connected = sensor.connected();
@@ -352,11 +371,15 @@ fn check_host_exec(tier: &str) {
         connected["event"]["NAMESPACES"]["CONTAINER_ATTRIBUTION"],
         true
     );
-    assert!(connected["event"]["TIER_REASONS"]["ebpf"].is_string());
+    if tier == "ebpf" {
+        assert_eq!(connected["event"]["TIER_REASONS"], serde_json::json!({}));
+    } else {
+        assert!(connected["event"]["TIER_REASONS"]["ebpf"].is_string());
+    }
 }
 
 /// Without `--tier`, the best tier that starts is used and the CONNECTED
-/// event says which; a process is reported by it with its command line.
+/// event names it. A process is reported by it with its command line.
 #[test]
 fn auto_tier_reports_host_exec() {
     if !is_root() {
@@ -406,6 +429,11 @@ fn auto_tier_reports_host_exec() {
 #[test]
 fn host_exec_reported_netlink() {
     check_host_exec("netlink");
+}
+
+#[test]
+fn host_exec_reported_ebpf() {
+    check_host_exec("ebpf");
 }
 
 #[test]
@@ -477,7 +505,9 @@ fn check_containers(tier: &str) {
     let before_pid = before.init_pid();
     std::thread::sleep(Duration::from_millis(200));
 
-    let sensor = Sensor::start_on_host(tier);
+    let Some(sensor) = Sensor::start_tier_or_skip(tier) else {
+        return;
+    };
     let existing = sensor.process_event("EXISTING_PROCESS", before_pid);
     assert_eq!(existing["event"]["COMMAND_LINE"], "sleep 120");
     assert_eq!(existing["event"]["FILE_PATH"], "/bin/busybox");
@@ -528,6 +558,11 @@ fn check_containers(tier: &str) {
 #[test]
 fn container_processes_attributed_netlink() {
     check_containers("netlink");
+}
+
+#[test]
+fn container_processes_attributed_ebpf() {
+    check_containers("ebpf");
 }
 
 #[test]
@@ -787,4 +822,59 @@ fn key_with_unreachable_server_keeps_running() {
         state.path().join("spool").is_dir(),
         "the transport did not create its spool under --state-dir"
     );
+}
+
+/// An argument with invalid UTF-8, a newline and an escape byte keeps its
+/// bytes in `COMMAND_LINE_B64` and leaves the record on one line. A command
+/// line past the cap is cut and says so with its original length.
+fn check_hostile_command_lines(tier: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    let sensor = Sensor::start_on_host(tier);
+
+    let hostile: &[u8] = b"bad\xff\nname\x1b[2J";
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1"])
+        .arg(std::ffi::OsStr::from_bytes(hostile))
+        .spawn()
+        .unwrap();
+    let record = sensor.process_event("NEW_PROCESS", child.id());
+    let mut expected = b"/bin/sh -c sleep 1 ".to_vec();
+    expected.extend_from_slice(hostile);
+    let event = record["event"].as_object().unwrap();
+    assert_eq!(
+        picket_event::bytes::get_bytes(event, "COMMAND_LINE").unwrap(),
+        expected
+    );
+    assert_eq!(
+        event["COMMAND_LINE"],
+        "/bin/sh -c sleep 1 bad\\xff\nname\u{1b}[2J"
+    );
+    child.wait().unwrap();
+
+    let long = "x".repeat(40_000);
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 1", &long])
+        .spawn()
+        .unwrap();
+    let record = sensor.process_event("NEW_PROCESS", child.id());
+    assert_eq!(record["event"]["COMMAND_LINE_TRUNCATED"], true);
+    // "/bin/sh\0-c\0sleep 1\0" plus the long argument and its NUL.
+    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 8 + 40_001);
+    let kept = record["event"]["COMMAND_LINE"].as_str().unwrap();
+    assert!(kept.len() <= 16 * 1024, "kept {} bytes", kept.len());
+    assert!(kept.starts_with("/bin/sh -c sleep 1 xxx"));
+    child.wait().unwrap();
+}
+
+#[test]
+fn hostile_command_lines_netlink() {
+    check_hostile_command_lines("netlink");
+}
+
+#[test]
+fn hostile_command_lines_procpoll() {
+    check_hostile_command_lines("procpoll");
 }

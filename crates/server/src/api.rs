@@ -37,7 +37,7 @@ use crate::writer::error_chain;
 
 /// How often `follow` looks for new events.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// Largest accepted request body.
+/// Maximum accepted request body, in bytes.
 const MAX_BODY_BYTES: usize = 64 << 10;
 
 #[derive(Clone)]
@@ -268,7 +268,7 @@ async fn enqueue_task(
     // cannot probe for SIDs outside its organisation.
     let sid = request.sid.clone();
     let sensor = blocking(&state.store, move |s| s.sensor(&sid)).await?;
-    if !sensor.is_some_and(|sensor| sensor.org_id == org_id) {
+    if sensor.is_none_or(|sensor| sensor.org_id != org_id) {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("sensor {} not found", request.sid),

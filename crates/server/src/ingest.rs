@@ -34,7 +34,7 @@ use crate::store::{
 };
 use crate::writer::{error_chain, WriteResult, Writer};
 
-/// Largest gRPC message accepted from a sensor.
+/// Maximum gRPC message size accepted from a sensor, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// How long a new stream may take to send `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ const DISK_FULL_BACKOFF_SECS: u32 = 60;
 pub const SENSOR_CLONE: &str = "sensor_clone";
 /// How often tasks are looked up for a connected sensor without a wake-up.
 const TASK_POLL: Duration = Duration::from_secs(30);
-/// Longest accepted hostname, host identity or instance id.
+/// Maximum length of a hostname, host identity or instance id, in bytes.
 const MAX_IDENTITY_LEN: usize = 256;
 
 /// Streams currently open, by SID.
@@ -61,7 +61,7 @@ struct LiveStream {
     tasks: Arc<Notify>,
 }
 
-/// Another live stream holds the SID with a different instance id.
+/// Another live stream uses the SID with a different instance id.
 struct CloneOf {
     instance_id: String,
     ext_ip: String,
@@ -75,6 +75,9 @@ impl LiveSensors {
         ext_ip: &str,
     ) -> Result<(u64, Arc<Notify>), CloneOf> {
         let mut streams = self.streams.lock().expect("live sensors lock");
+        // NOTE: a sensor whose host lost power leaves its old stream registered
+        // until HTTP/2 keepalive notices (about 50 s), so its restarted
+        // instance is rejected as a clone until then and retries.
         if let Some(live) = streams.get(sid) {
             if live.instance_id != instance_id {
                 return Err(CloneOf {

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::timefmt::format_ms;
 
-/// Longest summary shown in an event table row, in characters.
+/// Maximum summary length in an event table row, in characters.
 const SUMMARY_CHARS: usize = 160;
 
 /// Writes an aligned table with a header row.
@@ -55,7 +55,7 @@ pub fn write_table(
 /// Column headers of [`event_row`].
 pub const EVENT_HEADERS: [&str; 5] = ["TIME", "HOSTNAME", "TYPE", "CONTAINER", "SUMMARY"];
 
-/// One table row for a stored record.
+/// Formats a stored record as one table row.
 pub fn event_row(record: &str) -> Vec<String> {
     let value: Value = serde_json::from_str(record).unwrap_or(Value::Null);
     let routing = &value["routing"];

@@ -152,7 +152,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     file.write_all(bytes).map_err(err)
 }
 
-/// A rustls server configuration offering only TLS 1.3 and HTTP/2.
+/// Builds a rustls server configuration that offers only TLS 1.3 and HTTP/2.
 pub fn server_config(cert: &ServerCert) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use rustls::pki_types::CertificateDer;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

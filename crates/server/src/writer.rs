@@ -104,7 +104,7 @@ fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
     tracing::info!("event writer stopped");
 }
 
-/// The error and its causes on one line.
+/// Formats the error and its causes on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -1,5 +1,5 @@
 //! The HTTP API and the admin CLI against a server holding two
-//! organisations: each API key sees only its own organisation.
+//! organisations: each API key reads only its own organisation.
 
 mod common;
 
@@ -237,7 +237,11 @@ async fn follow_streams_new_events_of_own_org() {
         .unwrap();
 
     let old = process_event("node-a", 0);
-    stream_a.tx.send(batch(1, &[old.clone()])).await.unwrap();
+    stream_a
+        .tx
+        .send(batch(1, std::slice::from_ref(&old)))
+        .await
+        .unwrap();
     stream_a.wait_ack(1).await.unwrap();
 
     let mut follow = tokio::net::TcpStream::connect(server.http_addr)
@@ -251,8 +255,16 @@ async fn follow_streams_new_events_of_own_org() {
 
     let new_a = process_event("node-a", 1);
     let new_b = process_event("node-b", 1);
-    stream_a.tx.send(batch(2, &[new_a.clone()])).await.unwrap();
-    stream_b.tx.send(batch(1, &[new_b.clone()])).await.unwrap();
+    stream_a
+        .tx
+        .send(batch(2, std::slice::from_ref(&new_a)))
+        .await
+        .unwrap();
+    stream_b
+        .tx
+        .send(batch(1, std::slice::from_ref(&new_b)))
+        .await
+        .unwrap();
     stream_a.wait_ack(2).await.unwrap();
     stream_b.wait_ack(1).await.unwrap();
 
@@ -373,6 +385,75 @@ async fn cli_queries_print_lines_and_tables() {
     assert!(
         text.contains(&key_a.key_id) && !text.contains(&key_a.secret),
         "key list never shows the secret: {text}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_follow_prints_new_events() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_org_a, key_a) = org_with_key(dir.path(), "acme", &[]);
+    let server = start(dir.path()).await;
+    let mut client = client(dir.path(), server.grpc_addr).await;
+    let sensor = enroll(&mut client, &key_a, "node-a").await;
+    let mut stream = open_stream(&mut client, hello(&sensor, "ia", "node-a"))
+        .await
+        .unwrap();
+    let old = process_event("node-a", 0);
+    stream
+        .tx
+        .send(batch(1, std::slice::from_ref(&old)))
+        .await
+        .unwrap();
+    stream.wait_ack(1).await.unwrap();
+
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_picket-server"))
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "events",
+            "follow",
+            "--json",
+            "--type",
+            "NEW_PROCESS",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let new = process_event("node-a", 1);
+    stream
+        .tx
+        .send(batch(2, std::slice::from_ref(&new)))
+        .await
+        .unwrap();
+    stream.wait_ack(2).await.unwrap();
+
+    let stdout = follow.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("a line within 10 s")
+        .unwrap()
+        .unwrap();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    assert!(
+        line.contains(&new.routing.event_id),
+        "the new event is printed first: {line}"
+    );
+    assert!(
+        !line.contains(&old.routing.event_id),
+        "events stored before follow started are not printed"
     );
     server.shutdown().await;
 }

@@ -377,7 +377,7 @@ async fn low_disk_space_rejects_without_ack() {
     let dir = tempfile::tempdir().unwrap();
     let (org_id, key) = org_with_key(dir.path(), "acme", &[]);
     let mut config = config(dir.path());
-    // More free space than any disk has: every write sees a full disk.
+    // More free space than any disk has: every write finds the disk full.
     config.min_free_bytes = u64::MAX / 2;
     let server = picket_server::serve::start(config).await.unwrap();
     let mut client = client(dir.path(), server.grpc_addr).await;

@@ -62,6 +62,20 @@ pub struct ProcessInfo {
     pub cgroup_text: String,
     pub zombie: bool,
     pub exit_code: Option<i32>,
+    /// Facts only a kernel-side tier provides; empty when read from `/proc`.
+    pub kernel: KernelFacts,
+}
+
+/// What a kernel-side tier adds about an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelFacts {
+    /// Number of arguments the program received, kept or not.
+    pub argc: Option<u32>,
+    pub exe_truncated: bool,
+    pub cwd_truncated: bool,
+    /// Kind of executed file when it is not a regular file on disk
+    /// (`deleted`, `memfd`, `dev_shm`, `fd`).
+    pub exe_kind: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! The table of live processes, keyed by (pid, start time).
 //!
-//! At most one live process holds a pid, so the table is indexed by pid and
+//! At most one live process has a given pid, so the table is indexed by pid and
 //! every lookup checks the start time: an entry left behind by a process
 //! whose exit was missed is replaced, never returned for the pid's new owner.
 //! The table is bounded. When it is full the oldest entry is evicted and
@@ -113,7 +113,7 @@ impl ProcessTable {
         self.compact_if_needed();
     }
 
-    /// The entry of exactly this process, if present.
+    /// Returns the entry of exactly this process, if present.
     pub fn get(&self, key: ProcessKey) -> Option<&Entry> {
         self.by_pid
             .get(&key.0)
@@ -128,13 +128,13 @@ impl ProcessTable {
             .filter(|entry| entry.info.start_ticks == key.1)
     }
 
-    /// The entry currently holding `pid`, whatever its start time.
+    /// Returns the entry that has `pid` now, whatever its start time.
     pub fn get_by_pid(&self, pid: u32) -> Option<&Entry> {
         self.by_pid.get(&pid).map(|slot| &slot.entry)
     }
 
-    /// Removes the process; with `start_ticks` unknown, removes whatever
-    /// holds the pid.
+    /// Removes the process. With `start_ticks` unknown, removes whatever
+    /// entry has the pid.
     pub fn remove(&mut self, pid: u32, start_ticks: Option<u64>) -> Option<Entry> {
         let matches = match (self.by_pid.get(&pid), start_ticks) {
             (Some(slot), Some(start)) => slot.entry.info.start_ticks == start,
@@ -149,7 +149,7 @@ impl ProcessTable {
         Some(slot.entry)
     }
 
-    /// The parent of a process with parent pid `ppid` that started at
+    /// Returns the parent of a process with parent pid `ppid` that started at
     /// `child_start`. A parent cannot be younger than its child, so an entry
     /// for `ppid` that started later belongs to a process that reused the
     /// pid and is not returned.

@@ -113,7 +113,7 @@ pub struct SensorRow {
     pub org_num: i64,
 }
 
-/// What enrollment asks the store to record.
+/// Facts an enrollment records in the store.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
     pub org_id: String,

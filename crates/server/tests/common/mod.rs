@@ -69,7 +69,7 @@ pub fn api_key(dir: &Path, org: &str) -> String {
     String::from_utf8(out).unwrap().trim().to_owned()
 }
 
-/// A gRPC client that trusts the data directory's self-signed certificate.
+/// Connects a gRPC client that trusts the data directory's self-signed certificate.
 pub async fn client(dir: &Path, addr: SocketAddr) -> SensorClient<Channel> {
     let pem = std::fs::read(dir.join("server.crt")).unwrap();
     let tls = ClientTlsConfig::new()
@@ -111,7 +111,7 @@ pub async fn enroll(
         .into_inner()
 }
 
-/// A process event shaped like the sensor's, with routing fields forged to
+/// Builds a process event shaped like the sensor's, with routing fields forged to
 /// check that the server replaces them.
 pub fn process_event(host: &str, n: u64) -> Record {
     let mut record = Record::new("NEW_PROCESS", host);

@@ -11,9 +11,9 @@
 //! with no libbpf or libelf to ship. It performs CO-RE relocation against the
 //! kernel BTF it is given, so that BTF can come from under `HOST_FS`.
 //!
-//! Entry points: [`probe`] says whether the tier can run here, [`start`] loads
-//! the programs and streams [`Fact`]s to a channel until the returned
-//! [`EbpfHandle`] is dropped; [`EbpfHandle::losses`] feeds health output.
+//! Entry points: [`probe`] checks whether the tier can run here. [`start`]
+//! loads the programs and streams [`Fact`]s to a channel until the returned
+//! [`EbpfHandle`] is dropped. [`EbpfHandle::losses`] feeds health output.
 
 pub mod code_identity;
 mod wire;
@@ -246,7 +246,10 @@ fn btf_candidates(host_fs: &Path) -> Vec<PathBuf> {
 }
 
 fn find_btf(host_fs: &Path) -> Result<PathBuf, Unavailable> {
-    let searched = btf_candidates(host_fs);
+    first_file(btf_candidates(host_fs))
+}
+
+fn first_file(searched: Vec<PathBuf>) -> Result<PathBuf, Unavailable> {
     searched
         .iter()
         .find(|path| path.is_file())
@@ -424,11 +427,7 @@ fn program_error(program: &'static str, source: ProgramError) -> LoadError {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(4).collect();
             let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-            let log_tail = if log_tail.is_empty() {
-                io_error.to_string()
-            } else {
-                log_tail
-            };
+            let log_tail = format!("{io_error}: {log_tail}");
             LoadError::Verifier {
                 program,
                 log_tail,
@@ -438,6 +437,23 @@ fn program_error(program: &'static str, source: ProgramError) -> LoadError {
         ProgramError::LoadError { .. } => LoadError::PermissionDenied { program, source },
         source => LoadError::Program { program, source },
     }
+}
+
+/// Runs `f` with every blockable signal blocked in the calling thread.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it fully.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, for the saved mask that pthread_sigmask fills.
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid for the calls; only this thread's mask changes.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+    }
+    let result = f();
+    // SAFETY: restores the mask saved above for this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    result
 }
 
 fn attach(
@@ -454,8 +470,24 @@ fn attach(
         })?
         .try_into()
         .map_err(|source| LoadError::Program { program, source })?;
-    prog.load(hook, btf)
-        .map_err(|source| program_error(program, source))?;
+    // The verifier gives up with EAGAIN when a signal is pending for the
+    // loading thread, so signals are blocked here (another thread takes a
+    // process-wide signal meanwhile) and an EAGAIN load is retried, as libbpf
+    // does.
+    let mut attempt = 0;
+    loop {
+        let result = with_signals_blocked(|| prog.load(hook, btf));
+        match result {
+            Ok(()) => break,
+            Err(ProgramError::LoadError { io_error, .. })
+                if attempt < 5 && io_error.raw_os_error() == Some(libc::EAGAIN) =>
+            {
+                attempt += 1;
+                tracing::debug!(program, attempt, error = %io_error, "retrying program load");
+            }
+            Err(source) => return Err(program_error(program, source)),
+        }
+    }
     prog.attach().map_err(|source| LoadError::Attach {
         program,
         hook,
@@ -469,6 +501,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
     let enabled = u32::from(with_files);
     let prefix_count = config.files.prefixes.len() as u32;
     let burst = config.files.burst.max(1);
+    let wakeup_bytes = u64::from(config.ring_bytes / 8).min(256 * 1024);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(btf))
@@ -477,6 +510,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
         .set_global("prefix_count", &prefix_count, true)
         .set_global("file_rate_per_sec", &config.files.rate_per_sec, true)
         .set_global("file_burst", &burst, true)
+        .set_global("wakeup_bytes", &wakeup_bytes, true)
         .set_max_entries("exec_scratch", possible_cpus())
         .set_max_entries("events", config.ring_bytes);
     for (name, number) in SYSCALLS {
@@ -638,18 +672,28 @@ struct Sink {
 }
 
 impl Sink {
+    /// Sends the count of facts the queue had no room for, if any and if
+    /// there is room now; false when the receiver is gone.
+    fn flush_overflow(&mut self) -> bool {
+        if self.unsent_overflow == 0 {
+            return true;
+        }
+        let dropped = Fact::Dropped {
+            reason: "queue_overflow",
+            count: self.unsent_overflow,
+        };
+        match self.tx.try_send(dropped) {
+            Ok(()) => self.unsent_overflow = 0,
+            Err(TrySendError::Full(_)) => {}
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+        true
+    }
+
     /// Sends one fact; false when the receiver is gone.
     fn send(&mut self, fact: Fact) -> bool {
-        if self.unsent_overflow > 0 {
-            let dropped = Fact::Dropped {
-                reason: "queue_overflow",
-                count: self.unsent_overflow,
-            };
-            match self.tx.try_send(dropped) {
-                Ok(()) => self.unsent_overflow = 0,
-                Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => return false,
-            }
+        if !self.flush_overflow() {
+            return false;
         }
         match self.tx.try_send(fact) {
             Ok(()) => true,
@@ -670,7 +714,9 @@ impl Reader {
         let mut reported = [0u64; 4];
 
         while !self.stop.load(Ordering::Relaxed) {
-            self.wait_readable(Duration::from_millis(100));
+            // Records mostly do not wake the reader (see wakeup_flag in the
+            // BPF source), so this timeout is the usual delivery delay.
+            self.wait_readable(Duration::from_millis(20));
             while let Some(record) = self.ring.next() {
                 match wire::decode(&record, &clock) {
                     Ok(fact) => {
@@ -684,6 +730,11 @@ impl Reader {
                         tracing::debug!(%error, "malformed ring buffer record");
                     }
                 }
+            }
+            // A quiet host sends no further fact that would carry the
+            // overflow count, so it is also flushed on every wake-up.
+            if !self.sink.flush_overflow() {
+                return;
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();

@@ -29,9 +29,13 @@ fn start_tier(files: FileConfig) -> Option<(EbpfHandle, Receiver<Fact>)> {
         files,
         ..EbpfConfig::default()
     };
+    // The probe passed, so a failure here is a bug, not a missing prerequisite.
     match start(&config, tx) {
         Ok(handle) => Some((handle, rx)),
-        Err(error) => skip_or_fail(&format!("{error}: {:?}", std::error::Error::source(&error))),
+        Err(error) => panic!(
+            "start failed after a successful probe: {error}: {:?}",
+            std::error::Error::source(&error)
+        ),
     }
 }
 
@@ -42,19 +46,19 @@ fn no_files() -> FileConfig {
     }
 }
 
-/// Collects facts until `done` returns true on the collected list or the
-/// timeout passes.
+/// Collects the facts `accept` selects until `done` returns true on them or
+/// the timeout passes.
 fn collect(
     rx: &Receiver<Fact>,
     timeout: Duration,
-    mut keep: impl FnMut(&Fact) -> bool,
+    mut accept: impl FnMut(&Fact) -> bool,
     mut done: impl FnMut(&[Fact]) -> bool,
 ) -> Vec<Fact> {
     let deadline = Instant::now() + timeout;
     let mut kept = Vec::new();
     while Instant::now() < deadline && !done(&kept) {
         if let Ok(fact) = rx.recv_timeout(Duration::from_millis(50)) {
-            if keep(&fact) {
+            if accept(&fact) {
                 kept.push(fact);
             }
         }
@@ -726,4 +730,137 @@ fn container_fork_exit_and_files() {
         _ => None,
     });
     assert_eq!(exit, Some(Some(7 << 8)));
+}
+
+#[test]
+fn full_queue_is_reported_as_dropped() {
+    if let Err(error) = probe(Path::new("/")) {
+        return drop(skip_or_fail(&error.to_string()));
+    }
+    let (tx, rx) = sync_channel(1);
+    let config = EbpfConfig {
+        files: no_files(),
+        ..EbpfConfig::default()
+    };
+    let handle = start(&config, tx).expect("start the eBPF tier");
+    for _ in 0..50 {
+        run(&mut Command::new("/bin/true"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let overflow = handle.losses().queue_overflow;
+    assert!(overflow >= 50, "queue overflow count {overflow}");
+    let dropped = collect(
+        &rx,
+        Duration::from_secs(3),
+        |f| {
+            matches!(
+                f,
+                Fact::Dropped {
+                    reason: "queue_overflow",
+                    ..
+                }
+            )
+        },
+        |k| !k.is_empty(),
+    );
+    assert!(
+        !dropped.is_empty(),
+        "no queue_overflow fact once the queue had room"
+    );
+}
+
+#[test]
+fn oversized_record_counts_ringbuf_loss() {
+    if let Err(error) = probe(Path::new("/")) {
+        return drop(skip_or_fail(&error.to_string()));
+    }
+    let (tx, rx) = sync_channel(10_000);
+    // One page: an exec record with a 6,000-byte argument cannot fit.
+    let config = EbpfConfig {
+        ring_bytes: 4096,
+        files: no_files(),
+        ..EbpfConfig::default()
+    };
+    let handle = start(&config, tx).expect("start the eBPF tier");
+    let big = "c".repeat(6000);
+    let pid = run(Command::new("/bin/true").arg(&big));
+
+    let facts = collect(
+        &rx,
+        Duration::from_secs(3),
+        |f| {
+            matches!(
+                f,
+                Fact::Dropped {
+                    reason: "ringbuf_reserve",
+                    ..
+                }
+            )
+        },
+        |k| !k.is_empty(),
+    );
+    assert!(
+        handle.losses().ringbuf_reserve >= 1,
+        "{:?}",
+        handle.losses()
+    );
+    assert!(
+        !facts.is_empty(),
+        "no ringbuf_reserve fact for the lost exec of pid {pid}"
+    );
+}
+
+#[test]
+fn missing_btf_names_searched_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let searched = vec![
+        dir.path().join("sys/kernel/btf/vmlinux"),
+        dir.path().join("vmlinux"),
+    ];
+    let error = first_file(searched).unwrap_err();
+    let message = error.to_string();
+    assert!(message.starts_with("no kernel BTF at "), "{message}");
+    assert!(message.contains("sys/kernel/btf/vmlinux or "), "{message}");
+    assert!(message.contains("CONFIG_DEBUG_INFO_BTF"), "{message}");
+}
+
+#[test]
+fn btf_under_host_fs_comes_first() {
+    let candidates = btf_candidates(Path::new("/rootfs"));
+    assert_eq!(candidates[0], Path::new("/rootfs/sys/kernel/btf/vmlinux"));
+    assert_eq!(candidates[1], Path::new("/sys/kernel/btf/vmlinux"));
+    assert_eq!(btf_candidates(Path::new("/")).len(), 1);
+}
+
+#[test]
+fn kernel_release_parses_major_minor() {
+    let cases = [
+        ("6.18.44-fc-v1272", Some((6, 18))),
+        ("5.4.0-150-generic", Some((5, 4))),
+        ("5.10.0-28-amd64", Some((5, 10))),
+        ("4.19.0", Some((4, 19))),
+        ("", None),
+    ];
+    for (release, expected) in cases {
+        assert_eq!(kernel_version(release), expected, "{release}");
+    }
+    assert!(kernel_version("5.4.0").unwrap() < (5, 8));
+    assert!(kernel_version("5.10.0").unwrap() >= (5, 8));
+}
+
+#[test]
+fn invalid_prefixes_are_rejected_by_name() {
+    let relative = prefix_entries(&["etc".to_owned()])
+        .err()
+        .expect("relative prefix");
+    assert_eq!(
+        relative.to_string(),
+        "file path prefix \"etc\" is invalid: must be an absolute path"
+    );
+    let long = format!("/{}", "x".repeat(300));
+    assert!(prefix_entries(&[long]).is_err());
+    let nine: Vec<String> = (0..9).map(|i| format!("/p{i}")).collect();
+    assert!(prefix_entries(&nine).is_err());
+    assert_eq!(prefix_entries(&["/etc".to_owned()]).unwrap()[0].len, 4);
 }

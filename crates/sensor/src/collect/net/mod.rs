@@ -176,8 +176,9 @@ pub struct NetHandle {
 }
 
 impl NetHandle {
-    /// Stops the threads and waits for them; they notice within one poll
-    /// interval.
+    /// Stops the threads and waits for them. They notice within one poll
+    /// interval, unless a thread is blocked on a full channel: drop the
+    /// receiver (or keep reading it) before calling this.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {

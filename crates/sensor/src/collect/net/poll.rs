@@ -54,8 +54,8 @@ struct NamespaceState {
     tcp: HashMap<FlowKey, Flow>,
     /// UDP sockets by (key, inode); one socket may be rebound or reconnected.
     udp: HashMap<(FlowKey, u64), Flow>,
-    /// `CONTAINER` shared by every process of the namespace, refreshed each
-    /// pass, for flows whose process is unknown.
+    /// `CONTAINER` shared by every process of the namespace, for flows whose
+    /// process is unknown.
     container: Option<Value>,
     /// TCP ports seen listening in this namespace, kept after the listener
     /// closed: some servers stop listening once they accepted.
@@ -261,9 +261,7 @@ impl Poller {
     ) {
         let now_ms = picket_event::record::now_ms();
         let hostname = self.config.hostname.clone();
-        let container = self.attributor.namespace_container(&netns.pids);
         let mut state = self.namespaces.remove(&netns.inode).unwrap_or_default();
-        state.container = container;
 
         for entry in entries {
             if entry.proto.is_tcp()
@@ -343,6 +341,15 @@ impl Poller {
             });
         }
         self.assign_owners(&netns.pids, &mut state);
+
+        // The namespace's container stands in for a missing owner. Looking
+        // it up reads every process of the namespace, so it is refreshed
+        // only in passes that have such a flow; flows that close later use
+        // the value from then.
+        let unowned = |flow: &Flow| flow.owner.is_none() && !flow.announced;
+        if state.tcp.values().any(unowned) || state.udp.values().any(unowned) {
+            state.container = self.attributor.namespace_container(&netns.pids);
+        }
 
         // Announce flows that have an owner or waited long enough.
         let mut announce = |key: &FlowKey, flow: &mut Flow, stats: &NetStats| {
@@ -542,5 +549,70 @@ fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
             return;
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(local: &str, remote: &str, state: u8) -> SocketEntry {
+        SocketEntry {
+            proto: Proto::Tcp4,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            uid: 0,
+            inode: 1,
+        }
+    }
+
+    #[test]
+    fn direction_follows_handshake_listener_then_ports() {
+        let listened: HashSet<(Proto, u16)> = [(Proto::Tcp4, 8080)].into_iter().collect();
+        let cases = [
+            // (local, remote, state, outgoing)
+            ("10.0.0.2:40000", "10.0.0.3:8080", tcp_state::SYN_SENT, true),
+            (
+                "10.0.0.3:8080",
+                "10.0.0.2:40000",
+                tcp_state::SYN_RECV,
+                false,
+            ),
+            (
+                "10.0.0.3:8080",
+                "10.0.0.2:40000",
+                tcp_state::ESTABLISHED,
+                false,
+            ),
+            (
+                "10.0.0.2:40000",
+                "10.0.0.3:8080",
+                tcp_state::ESTABLISHED,
+                true,
+            ),
+            // No listener seen: only the remote port is ephemeral.
+            (
+                "10.0.0.3:5000",
+                "10.0.0.2:45000",
+                tcp_state::ESTABLISHED,
+                false,
+            ),
+            // Both ephemeral, or neither: reported as outgoing.
+            (
+                "10.0.0.3:45001",
+                "10.0.0.2:45000",
+                tcp_state::ESTABLISHED,
+                true,
+            ),
+            ("10.0.0.3:443", "10.0.0.2:22", tcp_state::ESTABLISHED, true),
+        ];
+        for (local, remote, state, outgoing) in cases {
+            assert_eq!(
+                tcp_outgoing(&entry(local, remote, state), &listened),
+                outgoing,
+                "{local} -> {remote} in state {state}"
+            );
+        }
     }
 }
