@@ -350,18 +350,20 @@ const NETWORK_TYPES: [&str; 4] = [
     types::NETSTAT_REP,
 ];
 
-/// Makes an HTTP request inside the workload to its own address and checks
-/// the TCP connection event is attributed to that container.
+/// Opens a TCP connection inside the workload to its own address and
+/// checks that the connection event is attributed to that container.
 // NOTE: depends on network collection in the sensor. While the sensor emits
 // no network event of any type, this check prints `skipped:` and returns
 // instead of failing; once any network event arrives it is enforced.
 fn assert_connection_attributed(scenario: &Scenario, sensor: &Container, workload: &Workload) {
     let container = &workload.container;
-    let url = format!("http://$(hostname -i):{WORKLOAD_HTTP_PORT}/index.html");
-    let output = container.exec(&["sh", "-c", &format!("wget -q -O /dev/null {url}")]);
+    // The connection stays open for 3 s, longer than the polling network
+    // tier's 1 s interval, which misses shorter flows.
+    let command = format!("(sleep 3) | nc $(hostname -i) {WORKLOAD_HTTP_PORT}");
+    let output = container.exec(&["sh", "-c", &command]);
     assert!(
         output.status.success(),
-        "wget inside {} failed: {}",
+        "nc inside {} failed: {}",
         container.name,
         String::from_utf8_lossy(&output.stderr)
     );
