@@ -40,24 +40,30 @@ containers=()
 server_pid=""
 
 cleanup() {
+    local status=$?
     for container in "${containers[@]}"; do
         docker rm -f "$container" >/dev/null 2>&1 || true
     done
-    [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    if [[ -n "$server_pid" ]]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
     docker rmi "picket/sensor:bench-$token" "picket/server:bench-$token" >/dev/null 2>&1 || true
     rm -rf "$work"
+    exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- build and image sizes -----------------------------------------------
 if [[ "${1:-}" == "--skip-build" ]]; then
-    "$root/scripts/build-images.sh" --skip-build "bench-$token" >/dev/null
+    target_dir=${CARGO_TARGET_DIR:-$([[ -d /work/target-shared ]] && echo /work/target-shared || echo "$root/target")}
+    server_binary="$target_dir/x86_64-unknown-linux-gnu/release/picket-server"
 else
-    "$root/scripts/build-images.sh" "bench-$token" >/dev/null
+    mapfile -t binaries < <("$root/scripts/build-static.sh")
+    server_binary=${binaries[1]}
 fi
-mapfile -t binaries < <("$root/scripts/build-static.sh" 2>/dev/null)
-server_binary=${binaries[1]}
+"$root/scripts/build-images.sh" --skip-build "bench-$token" >/dev/null
 sensor_image="picket/sensor:bench-$token"
 
 image_mb() {
@@ -101,9 +107,12 @@ for index in $(seq 1 "$workloads"); do
 done
 
 # --- sensor --------------------------------------------------------------
-events_stored() {
-    admin events query --json --limit 100000000 2>/dev/null | wc -l
+# Events stored with an event time in [FROM_MS, TO_MS); the server returns
+# at most 100000 per query, so a count of 100000 is a lower bound.
+events_between() {
+    admin events query --json --from "$1" --to "$2" --limit 100000 | wc -l
 }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 log "starting the sensor with the contract's docker run flags"
 containers+=("$prefix-sensor")
@@ -131,7 +140,7 @@ ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$sensor_pid/stat"; }
 
 log "measuring for $duration s"
-events_before=$(events_stored)
+window_start=$(now_ms)
 first_ticks=$(cpu_ticks)
 previous_ticks=$first_ticks
 peak_cpu=0
@@ -144,7 +153,8 @@ for _ in $(seq 1 "$duration"); do
     previous_ticks=$current
 done
 last_ticks=$(cpu_ticks)
-events_after=$(events_stored)
+window_end=$(now_ms)
+events_in_window=$(events_between "$window_start" "$window_end")
 
 mean_cpu=$(awk -v a="$last_ticks" -v b="$first_ticks" -v t="$ticks" -v d="$duration" 'BEGIN { printf "%.3f", (a - b) / t / d }')
 peak_rss_kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$sensor_pid/status")
@@ -152,7 +162,7 @@ cgroup_peak="n/a"
 if [[ -r "$memory_cgroup/memory.max_usage_in_bytes" ]]; then
     cgroup_peak=$(awk '{ printf "%.1f MB", $1 / 1e6 }' "$memory_cgroup/memory.max_usage_in_bytes")
 fi
-event_rate=$(awk -v a="$events_after" -v b="$events_before" -v d="$duration" 'BEGIN { printf "%.0f", (a - b) / d }')
+event_rate=$(awk -v n="$events_in_window" -v d="$duration" 'BEGIN { printf "%.0f", n / d }')
 
 cat <<REPORT
 workload containers:            $workloads (3 execs + 1 HTTP connection every ${pause}s each)
