@@ -82,7 +82,10 @@ sensor_image=""
 
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    # A second Ctrl-C (or timeout passing its signal on) must not cut the
+    # clean-up short and leave containers behind.
+    trap '' INT TERM
+    trap - EXIT
     say "stopping"
     for container in "${containers[@]}"; do
         docker rm -f "$container" >/dev/null 2>&1 || true
