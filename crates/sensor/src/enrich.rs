@@ -28,7 +28,10 @@
 //! tier reports it like any other new pid.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +42,7 @@ use picket_event::types;
 use picket_event::Record;
 use serde_json::{Map, Value};
 
+use crate::code_hash::{CodeHasher, Executable, Submitted};
 use crate::collect::{
     ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
 };
@@ -81,6 +85,12 @@ pub struct Stats {
     pub fork_only_exits: AtomicU64,
     /// Records or facts lost, as reported by collectors.
     pub dropped: AtomicU64,
+    /// Executables hashed for `CODE_IDENTITY`.
+    pub code_hashes: AtomicU64,
+    /// Executables not hashed because the hashing queue was full.
+    pub code_hash_dropped: AtomicU64,
+    /// Executables that could not be opened or read for hashing.
+    pub code_hash_failed: AtomicU64,
 }
 
 impl Stats {
@@ -96,6 +106,9 @@ impl Stats {
             "unreadable": get(&self.unreadable),
             "fork_only_exits": get(&self.fork_only_exits),
             "dropped": get(&self.dropped),
+            "code_hashes": get(&self.code_hashes),
+            "code_hash_dropped": get(&self.code_hash_dropped),
+            "code_hash_failed": get(&self.code_hash_failed),
         })
     }
 }
@@ -200,6 +213,9 @@ pub struct Enricher {
     containers: Box<dyn ContainerLookup>,
     stats: Arc<Stats>,
     prefetch: Option<Arc<Prefetch>>,
+    code_hasher: Option<CodeHasher>,
+    /// Records produced beside the one a fact maps to, sent after it.
+    extra: Vec<Record>,
 }
 
 impl Enricher {
@@ -220,7 +236,15 @@ impl Enricher {
             containers,
             stats,
             prefetch: None,
+            code_hasher: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Reports the hash of each executable the first time it runs.
+    pub fn with_code_hasher(mut self, hasher: CodeHasher) -> Self {
+        self.code_hasher = Some(hasher);
+        self
     }
 
     /// Uses details a tier read at exec time before reading `/proc`.
@@ -251,12 +275,17 @@ impl Enricher {
             bump(&self.stats.records);
             out(record);
         }
+        for record in std::mem::take(&mut self.extra) {
+            bump(&self.stats.records);
+            out(record);
+        }
     }
 
     fn on_existing(&mut self, pid: u32) -> Option<Record> {
         let info = self.read(pid, None)?;
         let entry = self.make_entry(info, false);
         let record = self.process_record(types::EXISTING_PROCESS, &entry, None);
+        self.queue_code_identity(&entry, record.routing.event_time);
         self.insert_announced(entry);
         Some(record)
     }
@@ -309,6 +338,7 @@ impl Enricher {
             }
         };
         let record = self.process_record(types::NEW_PROCESS, &entry, Some(exec.time_ns));
+        self.queue_code_identity(&entry, exec.time_ns / 1_000_000);
         self.insert_announced(entry);
         Some(record)
     }
@@ -383,6 +413,81 @@ impl Enricher {
         record.set("PROCESS_ID", file.pid);
         record.set("TIMESTAMP", file.time_ns / 1_000_000);
         if let Some(container) = process.and_then(|p| p.container.as_ref()) {
+            record.set(types::container::KEY, (**container).clone());
+        }
+        record
+    }
+
+    /// Queues the process's executable for a `CODE_IDENTITY` record; a
+    /// full queue adds a `DATA_DROPPED` record instead.
+    fn queue_code_identity(&mut self, entry: &Entry, time_ms: u64) {
+        if self.code_hasher.is_none() {
+            return;
+        }
+        let Some((file, path)) = self.open_executable(entry) else {
+            return;
+        };
+        let exe = entry.info.exe.as_deref().unwrap_or_default();
+        let executable = Executable {
+            file,
+            path,
+            in_memory: entry.info.kernel.exe_kind == Some("memfd") || exe.starts_with(b"/memfd:"),
+        };
+        let record = self.code_identity_record(entry, time_ms);
+        let hasher = self.code_hasher.as_mut().expect("checked above");
+        if let Submitted::Dropped(_) = hasher.submit(executable, record) {
+            let count = hasher.take_drops();
+            let record = self.dropped_record("code_identity_queue", count);
+            self.extra.push(record);
+        }
+    }
+
+    /// Opens the executable through `/proc/<pid>/exe`, which reaches the
+    /// very file that was run (deleted or in another mount namespace). A
+    /// process already gone falls back to its path: under `HOST_FS` for a
+    /// host process, under the parent's root for a containerised one.
+    fn open_executable(&self, entry: &Entry) -> Option<(File, PathBuf)> {
+        let info = &entry.info;
+        let exe_link = self.fs.proc_path(info.pid, "exe");
+        if let Ok(file) = File::open(&exe_link) {
+            return Some((file, exe_link));
+        }
+        let exe = info.exe.as_deref()?;
+        if info.kernel.exe_kind.is_some() || !exe.starts_with(b"/") {
+            return None;
+        }
+        let exe = Path::new(OsStr::from_bytes(exe));
+        let path = match &entry.container {
+            None => self.fs.path(exe),
+            Some(_) => self
+                .fs
+                .proc_path(info.ppid, "root")
+                .join(exe.strip_prefix("/").ok()?),
+        };
+        match File::open(&path) {
+            Ok(file) => Some((file, path)),
+            Err(error) => {
+                bump(&self.stats.code_hash_failed);
+                tracing::debug!(%error, path = %path.display(), "cannot open executable for hashing");
+                None
+            }
+        }
+    }
+
+    /// The `CODE_IDENTITY` record of a process's executable, without the
+    /// hash, which the hashing worker adds.
+    fn code_identity_record(&self, entry: &Entry, time_ms: u64) -> Record {
+        let mut record = Record::new(types::CODE_IDENTITY, &self.hostname);
+        self.set_routing(&mut record, entry);
+        let info = &entry.info;
+        put_bytes(
+            &mut record.event,
+            "FILE_PATH",
+            info.exe.as_deref().unwrap_or_default(),
+        );
+        record.set("PROCESS_ID", info.pid);
+        record.set("TIMESTAMP", time_ms);
+        if let Some(container) = &entry.container {
             record.set(types::container::KEY, (**container).clone());
         }
         record
