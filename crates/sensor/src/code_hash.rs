@@ -30,7 +30,8 @@ pub const QUEUE: usize = 1024;
 /// again when it next runs).
 pub const SEEN_CAPACITY: usize = 16_384;
 
-/// Where the worker sends its records; returns false once nobody listens.
+/// Destination of the worker's records. It returns false once every output
+/// is closed.
 pub type RecordSink = Box<dyn FnMut(Record) -> bool + Send>;
 
 /// An executable opened for hashing.
@@ -77,12 +78,12 @@ pub struct CodeHasher {
     worker: Option<JoinHandle<()>>,
 }
 
-/// What [`CodeHasher::submit`] did with a file.
+/// Outcome of [`CodeHasher::submit`] for one file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Submitted {
     Queued,
     AlreadySeen,
-    /// The queue was full; the count of drops not yet reported.
+    /// The queue was full. The value is the count of drops not yet reported.
     Dropped(u64),
 }
 
@@ -165,7 +166,8 @@ fn run_worker(rx: Receiver<Job>, mut sink: RecordSink, size_limit: u64, stats: &
     }
 }
 
-/// Hashes one job's file into its record; `None` when the file cannot be read.
+/// Hashes one job's file into its record. Returns `None` when the file
+/// cannot be read.
 fn finish(mut job: Job, size_limit: u64, stats: &Stats) -> Option<Record> {
     let size_field = if job.executable.in_memory {
         "MEMORY_SIZE"
@@ -188,7 +190,7 @@ fn finish(mut job: Job, size_limit: u64, stats: &Stats) -> Option<Record> {
         }
         Err(error) => {
             stats.code_hash_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, "cannot hash executable");
+            tracing::debug!(%error, "hashing executable failed");
             None
         }
     }

@@ -22,6 +22,18 @@
 //! `FILE_MODIFIED` and `FILE_RENAME` (with `NEW_FILE_PATH`). Byte fields that
 //! are not UTF-8 get a `<FIELD>_B64` sibling (see `picket_event::bytes`).
 //!
+//! With a [`CodeHasher`], the first run of each executable file identity
+//! (device, inode, modification time, size) in any tier also yields a
+//! `CODE_IDENTITY` record: `FILE_PATH`, `HASH` (hex SHA-256), `FILE_SIZE`
+//! (`MEMORY_SIZE` for a memfd), `PROCESS_ID`, `TIMESTAMP` (ms, the exec
+//! time), the process's `CONTAINER` and its `routing/this` and
+//! `routing/parent` atoms. A file over the hashing limit carries
+//! `FILE_TOO_LARGE: true` and `HASH_SIZE_LIMIT` instead of `HASH`. The file
+//! is opened through `/proc/<pid>/exe`; for a process already gone, through
+//! its path (under `HOST_FS`, or under the parent's root in a container).
+//! Executables the full hashing queue could not take are reported as
+//! `DATA_DROPPED` with reason `code_identity_queue`.
+//!
 //! NOTE: in the netlink and eBPF tiers a process that forks and never execs
 //! (a worker of a pre-forking server) is kept in the table as a parent but
 //! gets no NEW_PROCESS or TERMINATE_PROCESS of its own; the `/proc` polling
@@ -468,14 +480,14 @@ impl Enricher {
             Ok(file) => Some((file, path)),
             Err(error) => {
                 bump(&self.stats.code_hash_failed);
-                tracing::debug!(%error, path = %path.display(), "cannot open executable for hashing");
+                tracing::debug!(%error, pid = info.pid, path = %path.display(), "opening executable for hashing failed");
                 None
             }
         }
     }
 
-    /// The `CODE_IDENTITY` record of a process's executable, without the
-    /// hash, which the hashing worker adds.
+    /// Builds the `CODE_IDENTITY` record of a process's executable without
+    /// hash and size, which the hashing worker adds.
     fn code_identity_record(&self, entry: &Entry, time_ms: u64) -> Record {
         let mut record = Record::new(types::CODE_IDENTITY, &self.hostname);
         self.set_routing(&mut record, entry);

@@ -563,6 +563,17 @@ mod tests {
         assert_eq!(selection.tier, Tier::ProcPoll);
         assert_eq!(selection.skipped[0].1, "not tried: --tier procpoll");
         assert_eq!(selection.skipped[1].1, "not tried: --tier procpoll");
+
+        let record = connected_record(&ctx.host, &selection);
+        assert_eq!(record.event["ACQUISITION_TIER"], "procpoll");
+        assert_eq!(
+            record.event["TIER_REASONS"]["ebpf"],
+            "not tried: --tier procpoll"
+        );
+        assert_eq!(
+            record.event["TIER_REASONS"]["netlink"],
+            "not tried: --tier procpoll"
+        );
         stop.store(true, Ordering::Relaxed);
     }
 

@@ -1,9 +1,9 @@
-//! End-to-end `CODE_IDENTITY` and tier-selection tests: the built
-//! `picket-sensor` binary runs against this host (`HOST_FS=/ --stdout`), a
-//! fresh copy of a real executable runs twice on the host or in a Docker
-//! container, and exactly one `CODE_IDENTITY` with the file's SHA-256 must
-//! follow. A sensor started without capabilities must name the missing one
-//! as the reason the eBPF tier was not used.
+//! End-to-end `CODE_IDENTITY` and tier-selection tests against the built
+//! `picket-sensor` binary (`HOST_FS=/ --stdout`). A fresh copy of a real
+//! executable runs twice on the host or in a Docker container, and exactly
+//! one `CODE_IDENTITY` with the file's SHA-256 must follow. A sensor started
+//! without capabilities must name the missing one as the reason the eBPF
+//! tier was not used.
 //!
 //! Needs root; the container test needs Docker and the local image
 //! `picket-test/busybox:latest` (built by `scripts/host-setup.sh`). When a
@@ -198,8 +198,8 @@ fn run_twice(path: &Path, args: &[&str]) {
     }
 }
 
-/// A fresh executable run twice on the host yields one `CODE_IDENTITY`
-/// with its SHA-256 and size, linked to its run.
+/// Checks that a fresh executable run twice on the host yields one
+/// `CODE_IDENTITY` with its SHA-256 and size, linked to its run.
 fn check_host(tier: &str, source: &str, args: &[&str]) {
     if !is_root() {
         return skip_or_fail("needs root");
@@ -227,14 +227,14 @@ fn new_executable_hashed_once_ebpf() {
 
 #[test]
 fn new_executable_hashed_once_netlink() {
-    // The netlink tier reads a process after the fact, so it must still
-    // be running then; a run of /bin/true may be gone (see the eBPF test).
+    // The netlink tier reads a process after the exec event, so the process
+    // must still run then. A run of /bin/true may already be gone.
     check_host("netlink", "/bin/sleep", &["0.5"]);
 }
 
 #[test]
 fn new_executable_hashed_once_procpoll() {
-    // Polling sees only processes alive at a poll, so this one lingers.
+    // Polling reports only processes alive at a poll, so this one sleeps.
     check_host("procpoll", "/bin/sleep", &["1"]);
 }
 
@@ -261,10 +261,11 @@ fn check_container(tier: &str, applet: &str) {
     assert!(output.status.success(), "docker run failed: {output:?}");
     let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
 
+    // Each tier gets its own path because the sensors of parallel tests
+    // report every container.
+    let copy = format!("/opt/{tier}/busybox");
     // The trailing sleep keeps the shell, the parent, alive while the
     // sensor handles the two short runs.
-    // A path of its own, as the sensors of parallel tests see every container.
-    let copy = format!("/opt/{tier}/busybox");
     let script = format!(
         "mkdir -p /opt/{tier} && cp /bin/busybox {copy} && {copy} {applet} && {copy} {applet}; sleep 2"
     );
@@ -311,8 +312,8 @@ fn container_executable_hashed_once_netlink() {
     check_container("netlink", "sleep 0.5");
 }
 
-/// Without capabilities the eBPF probe refuses before any load, and its
-/// reason reaches `CONNECTED`.
+/// Without capabilities the eBPF probe rejects the tier before any load, and
+/// its reason reaches `CONNECTED`.
 #[test]
 fn missing_capability_reason_reaches_connected() {
     if !is_root() {

@@ -45,7 +45,7 @@ pub enum HashError {
 }
 
 impl FileIdentity {
-    /// The identity of an open file, from its metadata.
+    /// Returns the identity of an open file from its metadata.
     pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
         FileIdentity {
             dev: meta.dev(),
@@ -56,8 +56,8 @@ impl FileIdentity {
     }
 }
 
-/// Lower-case hex SHA-256 of what remains to be read from `file`; `path`
-/// only names the file in errors.
+/// Computes the lower-case hex SHA-256 of what remains to be read from
+/// `file`. `path` only names the file in errors.
 pub fn sha256_hex(file: &mut impl Read, path: &Path) -> Result<String, HashError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
