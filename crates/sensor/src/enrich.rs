@@ -1215,6 +1215,97 @@ mod tests {
         );
     }
 
+    /// Attaches a hasher whose records land in the returned list.
+    fn with_hasher(enricher: Enricher) -> (Enricher, Arc<std::sync::Mutex<Vec<Record>>>) {
+        let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let hasher = CodeHasher::spawn(
+            Box::new(move |record| {
+                sink.lock().unwrap().push(record);
+                true
+            }),
+            1 << 20,
+            Arc::new(Stats::default()),
+        )
+        .unwrap();
+        (enricher.with_code_hasher(hasher), records)
+    }
+
+    #[test]
+    fn code_identity_once_per_file() {
+        let (dir, enricher) = fixture();
+        let (mut enricher, hashed) = with_hasher(enricher);
+        let program = dir.path().join("nginx");
+        std::fs::write(&program, b"abc").unwrap();
+        let cgroup = "0::/system.slice/docker-abc.scope\n";
+        let mut execs = Vec::new();
+        for pid in [300, 301] {
+            write_process(
+                dir.path(),
+                pid,
+                100,
+                800,
+                "nginx",
+                "/x",
+                &[b"nginx"],
+                0,
+                cgroup,
+            );
+            let exe = dir.path().join(format!("proc/{pid}/exe"));
+            std::fs::remove_file(&exe).unwrap();
+            std::os::unix::fs::symlink(&program, &exe).unwrap();
+            execs.extend(collect(&mut enricher, exec(pid)));
+        }
+        drop(enricher);
+
+        let hashed = hashed.lock().unwrap();
+        assert_eq!(hashed.len(), 1, "{hashed:?}");
+        let identity = &hashed[0];
+        assert_eq!(identity.routing.event_type, "CODE_IDENTITY");
+        assert_eq!(
+            identity.event["HASH"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(identity.event["FILE_SIZE"], 3);
+        assert_eq!(identity.event["PROCESS_ID"], 300);
+        assert_eq!(identity.event["TIMESTAMP"], 1_700_000_123u64);
+        assert_eq!(identity.event["CONTAINER"]["ID"], "abc");
+        assert_eq!(identity.routing.this, execs[0].routing.this);
+        assert_eq!(identity.routing.parent, execs[0].routing.parent);
+    }
+
+    #[test]
+    fn gone_host_process_hashed_by_path() {
+        let (dir, enricher) = fixture();
+        let (mut enricher, hashed) = with_hasher(enricher);
+        std::fs::create_dir_all(dir.path().join("opt")).unwrap();
+        std::fs::write(dir.path().join("opt/tool"), b"abc").unwrap();
+        let details = ExecDetails {
+            exe: b"/opt/tool".to_vec(),
+            argv: vec![b"tool".to_vec()],
+            argc: 1,
+            ..ExecDetails::default()
+        };
+        let fact = ExecFact {
+            pid: 840,
+            ppid: Some(1),
+            start_ticks: Some(960),
+            time_ns: 0,
+            details: Some(details),
+        };
+        collect(&mut enricher, Fact::Exec(fact));
+        drop(enricher);
+
+        let hashed = hashed.lock().unwrap();
+        assert_eq!(hashed.len(), 1, "{hashed:?}");
+        assert_eq!(hashed[0].event["FILE_PATH"], "/opt/tool");
+        assert_eq!(
+            hashed[0].event["HASH"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(hashed[0].event.get("CONTAINER").is_none());
+    }
+
     #[test]
     fn passwd_first_entry_wins() {
         let names = parse_passwd("a:x:5:5::/:/bin/sh\nb:x:5:5::/:/bin/sh\nbroken\n# comment\n");
