@@ -462,7 +462,11 @@ impl Enricher {
         let info = &entry.info;
         let exe_link = self.fs.proc_path(info.pid, "exe");
         if let Ok(file) = File::open(&exe_link) {
-            return Some((file, exe_link));
+            // Checked after the open: a pid reused before it shows another
+            // start time here.
+            if procfs::read_start_ticks(&self.fs, info.pid) == Some(info.start_ticks) {
+                return Some((file, exe_link));
+            }
         }
         let exe = info.exe.as_deref()?;
         if info.kernel.exe_kind.is_some() || !exe.starts_with(b"/") {
