@@ -16,6 +16,7 @@
 # workloads as plain host processes, and prints that it does.
 #
 # Usage: scripts/demo.sh [--no-docker] [--all] [--duration SECONDS]
+# Set PICKET_SKIP_SETUP=1 to skip scripts/host-setup.sh (packages, Docker).
 #   --no-docker         run the sensor on the host even if Docker answers
 #   --all               show host events too, not only container events
 #   --duration SECONDS  stop after SECONDS instead of waiting for Ctrl-C
@@ -52,6 +53,19 @@ while (($#)); do
 done
 
 [[ $(id -u) -eq 0 ]] || fail "run as root: the sensor reads every process on the host and starts privileged containers"
+
+# A fresh Debian machine has none of the build and runtime packages; the
+# setup script installs what is missing and starts a Docker engine.
+if [[ "${PICKET_SKIP_SETUP:-0}" != 1 ]]; then
+    if [[ $use_docker == 1 ]]; then
+        bash "$root/scripts/host-setup.sh" || {
+            say "host setup could not start a Docker engine; continuing without Docker"
+            PICKET_NO_DOCKER=1 bash "$root/scripts/host-setup.sh" || fail "host setup failed; see the messages above"
+        }
+    else
+        PICKET_NO_DOCKER=1 bash "$root/scripts/host-setup.sh" || fail "host setup failed; see the messages above"
+    fi
+fi
 
 if [[ $use_docker == 1 ]] && ! docker info >/dev/null 2>&1; then
     say "no Docker engine answers, so the sensor runs directly on the host instead of in its container"

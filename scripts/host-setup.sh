@@ -91,7 +91,18 @@ DOCKERFILE
     log "built image picket-test/busybox:latest"
 }
 
+# Debian 12's own Rust (1.63) is too old for the workspace, so the toolchain
+# is expected from rustup rather than installed here.
+check_rust() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v cargo >/dev/null 2>&1; then
+        log "cargo not found; install Rust 1.85 or later with rustup (https://rustup.rs) and run this again"
+        exit 1
+    fi
+}
+
 install_packages
+check_rust
 if [[ "${PICKET_NO_DOCKER:-0}" != 1 ]]; then
     configure_docker
     start_docker

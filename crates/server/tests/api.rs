@@ -388,3 +388,72 @@ async fn cli_queries_print_lines_and_tables() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_follow_prints_new_events() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_org_a, key_a) = org_with_key(dir.path(), "acme", &[]);
+    let server = start(dir.path()).await;
+    let mut client = client(dir.path(), server.grpc_addr).await;
+    let sensor = enroll(&mut client, &key_a, "node-a").await;
+    let mut stream = open_stream(&mut client, hello(&sensor, "ia", "node-a"))
+        .await
+        .unwrap();
+    let old = process_event("node-a", 0);
+    stream
+        .tx
+        .send(batch(1, std::slice::from_ref(&old)))
+        .await
+        .unwrap();
+    stream.wait_ack(1).await.unwrap();
+
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_picket-server"))
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "events",
+            "follow",
+            "--json",
+            "--type",
+            "NEW_PROCESS",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let new = process_event("node-a", 1);
+    stream
+        .tx
+        .send(batch(2, std::slice::from_ref(&new)))
+        .await
+        .unwrap();
+    stream.wait_ack(2).await.unwrap();
+
+    let stdout = follow.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("a line within 10 s")
+        .unwrap()
+        .unwrap();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    assert!(
+        line.contains(&new.routing.event_id),
+        "the new event is printed first: {line}"
+    );
+    assert!(
+        !line.contains(&old.routing.event_id),
+        "events stored before follow started are not printed"
+    );
+    server.shutdown().await;
+}

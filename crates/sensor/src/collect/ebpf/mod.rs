@@ -672,18 +672,28 @@ struct Sink {
 }
 
 impl Sink {
+    /// Sends the count of facts the queue had no room for, if any and if
+    /// there is room now; false when the receiver is gone.
+    fn flush_overflow(&mut self) -> bool {
+        if self.unsent_overflow == 0 {
+            return true;
+        }
+        let dropped = Fact::Dropped {
+            reason: "queue_overflow",
+            count: self.unsent_overflow,
+        };
+        match self.tx.try_send(dropped) {
+            Ok(()) => self.unsent_overflow = 0,
+            Err(TrySendError::Full(_)) => {}
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+        true
+    }
+
     /// Sends one fact; false when the receiver is gone.
     fn send(&mut self, fact: Fact) -> bool {
-        if self.unsent_overflow > 0 {
-            let dropped = Fact::Dropped {
-                reason: "queue_overflow",
-                count: self.unsent_overflow,
-            };
-            match self.tx.try_send(dropped) {
-                Ok(()) => self.unsent_overflow = 0,
-                Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => return false,
-            }
+        if !self.flush_overflow() {
+            return false;
         }
         match self.tx.try_send(fact) {
             Ok(()) => true,
@@ -720,6 +730,11 @@ impl Reader {
                         tracing::debug!(%error, "malformed ring buffer record");
                     }
                 }
+            }
+            // A quiet host sends no further fact that would carry the
+            // overflow count, so it is also flushed on every wake-up.
+            if !self.sink.flush_overflow() {
+                return;
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
