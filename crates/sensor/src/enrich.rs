@@ -22,13 +22,28 @@
 //! `FILE_MODIFIED` and `FILE_RENAME` (with `NEW_FILE_PATH`). Byte fields that
 //! are not UTF-8 get a `<FIELD>_B64` sibling (see `picket_event::bytes`).
 //!
+//! With a [`CodeHasher`], the first run of each executable file identity
+//! (device, inode, modification time, size) in any tier also yields a
+//! `CODE_IDENTITY` record: `FILE_PATH`, `HASH` (hex SHA-256), `FILE_SIZE`
+//! (`MEMORY_SIZE` for a memfd), `PROCESS_ID`, `TIMESTAMP` (ms, the exec
+//! time), the process's `CONTAINER` and its `routing/this` and
+//! `routing/parent` atoms. A file over the hashing limit carries
+//! `FILE_TOO_LARGE: true` and `HASH_SIZE_LIMIT` instead of `HASH`. The file
+//! is opened through `/proc/<pid>/exe`; for a process already gone, through
+//! its path (under `HOST_FS`, or under the parent's root in a container).
+//! Executables the full hashing queue could not take are reported as
+//! `DATA_DROPPED` with reason `code_identity_queue`.
+//!
 //! NOTE: in the netlink and eBPF tiers a process that forks and never execs
 //! (a worker of a pre-forking server) is kept in the table as a parent but
 //! gets no NEW_PROCESS or TERMINATE_PROCESS of its own; the `/proc` polling
 //! tier reports it like any other new pid.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +54,7 @@ use picket_event::types;
 use picket_event::Record;
 use serde_json::{Map, Value};
 
+use crate::code_hash::{CodeHasher, Executable, Submitted};
 use crate::collect::{
     ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
 };
@@ -81,6 +97,12 @@ pub struct Stats {
     pub fork_only_exits: AtomicU64,
     /// Records or facts lost, as reported by collectors.
     pub dropped: AtomicU64,
+    /// Executables hashed for `CODE_IDENTITY`.
+    pub code_hashes: AtomicU64,
+    /// Executables not hashed because the hashing queue was full.
+    pub code_hash_dropped: AtomicU64,
+    /// Executables that could not be opened or read for hashing.
+    pub code_hash_failed: AtomicU64,
 }
 
 impl Stats {
@@ -96,6 +118,9 @@ impl Stats {
             "unreadable": get(&self.unreadable),
             "fork_only_exits": get(&self.fork_only_exits),
             "dropped": get(&self.dropped),
+            "code_hashes": get(&self.code_hashes),
+            "code_hash_dropped": get(&self.code_hash_dropped),
+            "code_hash_failed": get(&self.code_hash_failed),
         })
     }
 }
@@ -200,6 +225,9 @@ pub struct Enricher {
     containers: Box<dyn ContainerLookup>,
     stats: Arc<Stats>,
     prefetch: Option<Arc<Prefetch>>,
+    code_hasher: Option<CodeHasher>,
+    /// Records produced beside the one a fact maps to, sent after it.
+    extra: Vec<Record>,
 }
 
 impl Enricher {
@@ -220,7 +248,15 @@ impl Enricher {
             containers,
             stats,
             prefetch: None,
+            code_hasher: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// Reports the hash of each executable the first time it runs.
+    pub fn with_code_hasher(mut self, hasher: CodeHasher) -> Self {
+        self.code_hasher = Some(hasher);
+        self
     }
 
     /// Uses details a tier read at exec time before reading `/proc`.
@@ -251,12 +287,17 @@ impl Enricher {
             bump(&self.stats.records);
             out(record);
         }
+        for record in std::mem::take(&mut self.extra) {
+            bump(&self.stats.records);
+            out(record);
+        }
     }
 
     fn on_existing(&mut self, pid: u32) -> Option<Record> {
         let info = self.read(pid, None)?;
         let entry = self.make_entry(info, false);
         let record = self.process_record(types::EXISTING_PROCESS, &entry, None);
+        self.queue_code_identity(&entry, record.routing.event_time);
         self.insert_announced(entry);
         Some(record)
     }
@@ -309,6 +350,7 @@ impl Enricher {
             }
         };
         let record = self.process_record(types::NEW_PROCESS, &entry, Some(exec.time_ns));
+        self.queue_code_identity(&entry, exec.time_ns / 1_000_000);
         self.insert_announced(entry);
         Some(record)
     }
@@ -383,6 +425,85 @@ impl Enricher {
         record.set("PROCESS_ID", file.pid);
         record.set("TIMESTAMP", file.time_ns / 1_000_000);
         if let Some(container) = process.and_then(|p| p.container.as_ref()) {
+            record.set(types::container::KEY, (**container).clone());
+        }
+        record
+    }
+
+    /// Queues the process's executable for a `CODE_IDENTITY` record; a
+    /// full queue adds a `DATA_DROPPED` record instead.
+    fn queue_code_identity(&mut self, entry: &Entry, time_ms: u64) {
+        if self.code_hasher.is_none() {
+            return;
+        }
+        let Some((file, path)) = self.open_executable(entry) else {
+            return;
+        };
+        let exe = entry.info.exe.as_deref().unwrap_or_default();
+        let executable = Executable {
+            file,
+            path,
+            in_memory: entry.info.kernel.exe_kind == Some("memfd") || exe.starts_with(b"/memfd:"),
+        };
+        let record = self.code_identity_record(entry, time_ms);
+        let hasher = self.code_hasher.as_mut().expect("checked above");
+        if let Submitted::Dropped(_) = hasher.submit(executable, record) {
+            let count = hasher.take_drops();
+            let record = self.dropped_record("code_identity_queue", count);
+            self.extra.push(record);
+        }
+    }
+
+    /// Opens the executable through `/proc/<pid>/exe`, which reaches the
+    /// very file that was run (deleted or in another mount namespace). A
+    /// process already gone falls back to its path: under `HOST_FS` for a
+    /// host process, under the parent's root for a containerised one.
+    fn open_executable(&self, entry: &Entry) -> Option<(File, PathBuf)> {
+        let info = &entry.info;
+        let exe_link = self.fs.proc_path(info.pid, "exe");
+        if let Ok(file) = File::open(&exe_link) {
+            // Checked after the open: a pid reused before it shows another
+            // start time here.
+            if procfs::read_start_ticks(&self.fs, info.pid) == Some(info.start_ticks) {
+                return Some((file, exe_link));
+            }
+        }
+        let exe = info.exe.as_deref()?;
+        if info.kernel.exe_kind.is_some() || !exe.starts_with(b"/") {
+            return None;
+        }
+        let exe = Path::new(OsStr::from_bytes(exe));
+        let path = match &entry.container {
+            None => self.fs.path(exe),
+            Some(_) => self
+                .fs
+                .proc_path(info.ppid, "root")
+                .join(exe.strip_prefix("/").ok()?),
+        };
+        match File::open(&path) {
+            Ok(file) => Some((file, path)),
+            Err(error) => {
+                bump(&self.stats.code_hash_failed);
+                tracing::debug!(%error, pid = info.pid, path = %path.display(), "opening executable for hashing failed");
+                None
+            }
+        }
+    }
+
+    /// Builds the `CODE_IDENTITY` record of a process's executable without
+    /// hash and size, which the hashing worker adds.
+    fn code_identity_record(&self, entry: &Entry, time_ms: u64) -> Record {
+        let mut record = Record::new(types::CODE_IDENTITY, &self.hostname);
+        self.set_routing(&mut record, entry);
+        let info = &entry.info;
+        put_bytes(
+            &mut record.event,
+            "FILE_PATH",
+            info.exe.as_deref().unwrap_or_default(),
+        );
+        record.set("PROCESS_ID", info.pid);
+        record.set("TIMESTAMP", time_ms);
+        if let Some(container) = &entry.container {
             record.set(types::container::KEY, (**container).clone());
         }
         record
@@ -1096,6 +1217,97 @@ mod tests {
             records[0].routing.this.as_deref(),
             Some(process_atom("boot", 830, 950).as_str())
         );
+    }
+
+    /// Attaches a hasher whose records land in the returned list.
+    fn with_hasher(enricher: Enricher) -> (Enricher, Arc<std::sync::Mutex<Vec<Record>>>) {
+        let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let hasher = CodeHasher::spawn(
+            Box::new(move |record| {
+                sink.lock().unwrap().push(record);
+                true
+            }),
+            1 << 20,
+            Arc::new(Stats::default()),
+        )
+        .unwrap();
+        (enricher.with_code_hasher(hasher), records)
+    }
+
+    #[test]
+    fn code_identity_once_per_file() {
+        let (dir, enricher) = fixture();
+        let (mut enricher, hashed) = with_hasher(enricher);
+        let program = dir.path().join("nginx");
+        std::fs::write(&program, b"abc").unwrap();
+        let cgroup = "0::/system.slice/docker-abc.scope\n";
+        let mut execs = Vec::new();
+        for pid in [300, 301] {
+            write_process(
+                dir.path(),
+                pid,
+                100,
+                800,
+                "nginx",
+                "/x",
+                &[b"nginx"],
+                0,
+                cgroup,
+            );
+            let exe = dir.path().join(format!("proc/{pid}/exe"));
+            std::fs::remove_file(&exe).unwrap();
+            std::os::unix::fs::symlink(&program, &exe).unwrap();
+            execs.extend(collect(&mut enricher, exec(pid)));
+        }
+        drop(enricher);
+
+        let hashed = hashed.lock().unwrap();
+        assert_eq!(hashed.len(), 1, "{hashed:?}");
+        let identity = &hashed[0];
+        assert_eq!(identity.routing.event_type, "CODE_IDENTITY");
+        assert_eq!(
+            identity.event["HASH"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(identity.event["FILE_SIZE"], 3);
+        assert_eq!(identity.event["PROCESS_ID"], 300);
+        assert_eq!(identity.event["TIMESTAMP"], 1_700_000_123u64);
+        assert_eq!(identity.event["CONTAINER"]["ID"], "abc");
+        assert_eq!(identity.routing.this, execs[0].routing.this);
+        assert_eq!(identity.routing.parent, execs[0].routing.parent);
+    }
+
+    #[test]
+    fn gone_host_process_hashed_by_path() {
+        let (dir, enricher) = fixture();
+        let (mut enricher, hashed) = with_hasher(enricher);
+        std::fs::create_dir_all(dir.path().join("opt")).unwrap();
+        std::fs::write(dir.path().join("opt/tool"), b"abc").unwrap();
+        let details = ExecDetails {
+            exe: b"/opt/tool".to_vec(),
+            argv: vec![b"tool".to_vec()],
+            argc: 1,
+            ..ExecDetails::default()
+        };
+        let fact = ExecFact {
+            pid: 840,
+            ppid: Some(1),
+            start_ticks: Some(960),
+            time_ns: 0,
+            details: Some(details),
+        };
+        collect(&mut enricher, Fact::Exec(fact));
+        drop(enricher);
+
+        let hashed = hashed.lock().unwrap();
+        assert_eq!(hashed.len(), 1, "{hashed:?}");
+        assert_eq!(hashed[0].event["FILE_PATH"], "/opt/tool");
+        assert_eq!(
+            hashed[0].event["HASH"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(hashed[0].event.get("CONTAINER").is_none());
     }
 
     #[test]

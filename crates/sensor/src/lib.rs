@@ -4,6 +4,7 @@
 //! with the process table, container metadata and user names to build
 //! records; records go to the outbound queue and to local sinks.
 
+pub mod code_hash;
 pub mod collect;
 pub mod config;
 pub mod container;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use picket_event::{types, Record};
 use serde_json::{Map, Value};
 
+use crate::code_hash::{self, CodeHasher};
 use crate::collect::{cnproc, ebpf, net, procscan, Fact, Tier};
 use crate::config::{Config, TierChoice};
 use crate::container::{self, ContainerInfo, ContainerResolver, ResolverConfig};
@@ -134,9 +135,11 @@ fn start_tier(tier: Tier, ctx: &TierContext) -> Result<Started, String> {
     }
 }
 
-/// Starts the eBPF tier, or returns why it cannot run (no BTF, old kernel,
-/// missing capability, verifier rejection).
+/// Starts the eBPF tier, or returns why it cannot run: the probe's reason
+/// (no BTF, old kernel, missing capability, lockdown) without a load, else
+/// the load error, which names the program.
 fn start_ebpf(ctx: &TierContext) -> Result<Box<dyn Send>, String> {
+    ebpf::probe(ctx.fs.root()).map_err(|e| error_chain(&e))?;
     let config = ebpf::EbpfConfig {
         host_fs: ctx.fs.root().to_path_buf(),
         ..ebpf::EbpfConfig::default()
@@ -362,6 +365,7 @@ pub async fn run(
 
     let stats = Arc::new(Stats::default());
     let connected = connected_record(&host, &selection);
+    let hasher = spawn_code_hasher(&outbound, stats.clone())?;
     let enricher = Enricher::new(
         config.host_fs.clone(),
         host.boot_id.clone(),
@@ -369,7 +373,8 @@ pub async fn run(
         containers,
         stats.clone(),
     )
-    .with_prefetch(prefetch);
+    .with_prefetch(prefetch)
+    .with_code_hasher(hasher);
     let enrich_thread = std::thread::Builder::new().name("enrich".into()).spawn({
         let stop = stop.clone();
         move || {
@@ -409,6 +414,15 @@ pub async fn run(
     }
     tracing::info!(stats = %stats.to_json(), "sensor stopped");
     Ok(())
+}
+
+/// Starts the worker that hashes executables for `CODE_IDENTITY` and sends
+/// its records to the outputs.
+fn spawn_code_hasher(outbound: &Outbound, stats: Arc<Stats>) -> anyhow::Result<CodeHasher> {
+    let mut outbound = outbound.clone();
+    let sink = Box::new(move |record| outbound.send_blocking(record));
+    CodeHasher::spawn(sink, code_hash::DEFAULT_SIZE_LIMIT, stats)
+        .map_err(|e| anyhow::anyhow!("cannot start the hashing thread: {e}"))
 }
 
 fn log_selection(selection: &Selection) {
@@ -549,6 +563,17 @@ mod tests {
         assert_eq!(selection.tier, Tier::ProcPoll);
         assert_eq!(selection.skipped[0].1, "not tried: --tier procpoll");
         assert_eq!(selection.skipped[1].1, "not tried: --tier procpoll");
+
+        let record = connected_record(&ctx.host, &selection);
+        assert_eq!(record.event["ACQUISITION_TIER"], "procpoll");
+        assert_eq!(
+            record.event["TIER_REASONS"]["ebpf"],
+            "not tried: --tier procpoll"
+        );
+        assert_eq!(
+            record.event["TIER_REASONS"]["netlink"],
+            "not tried: --tier procpoll"
+        );
         stop.store(true, Ordering::Relaxed);
     }
 

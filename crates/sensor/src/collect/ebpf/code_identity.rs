@@ -44,6 +44,42 @@ pub enum HashError {
     },
 }
 
+impl FileIdentity {
+    /// Returns the identity of an open file from its metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            size: meta.size(),
+        }
+    }
+}
+
+/// Computes the lower-case hex SHA-256 of what remains to be read from
+/// `file`. `path` only names the file in errors.
+pub fn sha256_hex(file: &mut impl Read, path: &Path) -> Result<String, HashError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(HashError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// A new hash: the first time this file identity was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeIdentity {
@@ -84,12 +120,7 @@ impl HashCache {
             path: path.to_owned(),
             source,
         })?;
-        let identity = FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            size: meta.size(),
-        };
+        let identity = FileIdentity::of(&meta);
         if self.seen.contains_key(&identity) {
             return Ok(None);
         }
@@ -100,20 +131,7 @@ impl HashCache {
                 limit: self.max_bytes,
             });
         }
-
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = file.read(&mut buf).map_err(|source| HashError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let sha256 = hex::encode(hasher.finalize());
+        let sha256 = sha256_hex(&mut file, path)?;
         self.remember(identity, sha256.clone());
         Ok(Some(CodeIdentity {
             identity,
