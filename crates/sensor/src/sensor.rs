@@ -385,6 +385,19 @@ pub async fn run(
         }
     })?;
 
+    // A transport that ends in error (a revoked or foreign key) stops the
+    // sensor, which then exits non-zero.
+    let transport = transport.map(|transport| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let result = transport.join.await;
+            if !matches!(result, Ok(Ok(_))) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+    });
+
     wait_for_shutdown(&stop, &stats).await;
     tracing::info!("sensor stopping");
     stop.store(true, Ordering::Relaxed);
@@ -405,15 +418,23 @@ pub async fn run(
             tracing::warn!(error = %e, "output ended with an error");
         }
     }
+    // The exit status is non-zero after a transport failure, so an
+    // orchestrator does not record a clean stop.
+    let mut failure = None;
     if let Some(transport) = transport {
-        match transport.join.await {
-            Ok(Ok(summary)) => tracing::info!(summary = ?summary, "transport stopped"),
-            Ok(Err(e)) => tracing::error!(error = %error_chain(&e), "transport failed"),
-            Err(e) => tracing::error!(error = %e, "transport task failed"),
+        match transport.await {
+            Ok(Ok(Ok(summary))) => tracing::info!(summary = ?summary, "transport stopped"),
+            Ok(Ok(Err(e))) => {
+                failure = Some(anyhow::anyhow!("transport failed: {}", error_chain(&e)))
+            }
+            Ok(Err(e)) | Err(e) => failure = Some(anyhow::anyhow!("transport task failed: {e}")),
         }
     }
     tracing::info!(stats = %stats.to_json(), "sensor stopped");
-    Ok(())
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Starts the worker that hashes executables for `CODE_IDENTITY` and sends

@@ -1250,3 +1250,59 @@ fn server_task_reaches_task_channel() {
     let (report, code) = harness.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{report:?}");
 }
+
+/// The real `picket-sensor` binary, not the harness: a key the server
+/// rejects must end the process with a failure status, so an orchestrator
+/// does not record the stop as a clean completion.
+#[test]
+fn sensor_binary_exits_nonzero_on_revoked_key() {
+    if !running_as_root() {
+        return;
+    }
+    let Some((dir, mut server)) = setup() else {
+        return;
+    };
+    let key = server.create_key();
+    server.start();
+    let key_id = InstallationKey::decode(&key).unwrap().key_id;
+    server.admin(&["key", "revoke", &key_id]);
+
+    let state = dir.path().join("state-binary");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_picket-sensor"))
+        .args(["-d", "-", "--tier", "procpoll", "--state-dir"])
+        .arg(&state)
+        .env("LC_INSTALLATION_KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sensor kept running with a revoked key");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "exit status {status}; stderr: {stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this test runs the sensor, which reads every process, and needs root under CI"
+        );
+        println!("skipped: not root");
+    }
+    root
+}
