@@ -108,6 +108,8 @@ pub enum ConfigError {
     NetNsUnreadable { value: String, reason: String },
     #[error("-d - reads the installation key from LC_INSTALLATION_KEY, which is not set; set it or pass the key as -d KEY")]
     KeyMissing,
+    #[error("-d - reads the installation key from LC_INSTALLATION_KEY, which is empty; set it to the key printed by `picket-server key create`")]
+    KeyEmpty,
     #[error("installation key from {source_name} is invalid: {reason}")]
     KeyInvalid {
         source_name: &'static str,
@@ -212,6 +214,9 @@ fn resolve_key(key_arg: Option<&str>, env: &Env) -> Result<Option<InstallationKe
             let value = env
                 .get("LC_INSTALLATION_KEY")
                 .ok_or(ConfigError::KeyMissing)?;
+            if value.to_string_lossy().trim().is_empty() {
+                return Err(ConfigError::KeyEmpty);
+            }
             (value.to_string_lossy().into_owned(), "LC_INSTALLATION_KEY")
         }
         Some(text) => (text.to_owned(), "-d"),
@@ -299,6 +304,22 @@ mod tests {
         let problems = Config::resolve(args, &env).unwrap_err();
         assert_eq!(problems, vec![ConfigError::KeyMissing]);
         assert!(problems[0].to_string().contains("LC_INSTALLATION_KEY"));
+    }
+
+    #[test]
+    fn empty_key_variable_is_named_empty() {
+        let root = fixture_root();
+        let env = Env::from_pairs([
+            ("HOST_FS", root.path().as_os_str()),
+            ("LC_INSTALLATION_KEY", std::ffi::OsStr::new(" \n")),
+        ]);
+        let args = Args {
+            key_arg: Some("-".into()),
+            ..Args::default()
+        };
+        let problems = Config::resolve(args, &env).unwrap_err();
+        assert_eq!(problems, vec![ConfigError::KeyEmpty]);
+        assert!(problems[0].to_string().contains("is empty"));
     }
 
     #[test]
