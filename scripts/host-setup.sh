@@ -35,7 +35,7 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# True when the capability bounding set lacks a capability the kernel knows,
+# True when the capability bounding set lacks a capability the kernel supports,
 # which makes runc fail to start --privileged containers.
 bounding_set_is_short() {
     local last mask full

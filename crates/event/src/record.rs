@@ -44,8 +44,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// A new record of `event_type` stamped with the current time and a fresh
-    /// event id.
+    /// Creates a record of `event_type` stamped with the current time and a
+    /// fresh event id.
     pub fn new(event_type: &str, hostname: &str) -> Self {
         Record {
             routing: Routing {
@@ -65,7 +65,7 @@ impl Record {
         self
     }
 
-    /// One JSON line without the trailing newline.
+    /// Serialises the record as one JSON line without the trailing newline.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("a record of JSON values always serialises")
     }
@@ -91,7 +91,7 @@ pub fn lookup_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     Some(current)
 }
 
-/// Milliseconds since the Unix epoch.
+/// Returns the milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
