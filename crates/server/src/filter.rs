@@ -18,11 +18,13 @@ pub const MAX_LIMIT: usize = 100_000;
 pub enum FilterError {
     #[error("invalid --match {text:?}: {reason}")]
     Match { text: String, reason: &'static str },
-    #[error("invalid --{name}: {source}")]
+    // The cause is part of the message and not a `source`, because the
+    // HTTP API returns only the message, and a chain printed with `{:#}`
+    // would repeat it.
+    #[error("invalid --{name}: {reason}")]
     Time {
         name: &'static str,
-        #[source]
-        source: TimeError,
+        reason: TimeError,
     },
     #[error("--since cannot be combined with --from")]
     SinceAndFrom,
@@ -125,9 +127,9 @@ impl FilterArgs {
         let mut from_ms = match &self.from {
             Some(from) => {
                 Some(
-                    timefmt::parse_timestamp(from).map_err(|source| FilterError::Time {
+                    timefmt::parse_timestamp(from).map_err(|reason| FilterError::Time {
                         name: "from",
-                        source,
+                        reason,
                     })?,
                 )
             }
@@ -137,16 +139,16 @@ impl FilterArgs {
             if from_ms.is_some() {
                 return Err(FilterError::SinceAndFrom);
             }
-            let span = timefmt::parse_duration_ms(since).map_err(|source| FilterError::Time {
+            let span = timefmt::parse_duration_ms(since).map_err(|reason| FilterError::Time {
                 name: "since",
-                source,
+                reason,
             })?;
             from_ms = Some(now_ms.saturating_sub(span));
         }
         let to_ms = match &self.to {
             Some(to) => Some(
                 timefmt::parse_timestamp(to)
-                    .map_err(|source| FilterError::Time { name: "to", source })?,
+                    .map_err(|reason| FilterError::Time { name: "to", reason })?,
             ),
             None => None,
         };
@@ -343,10 +345,10 @@ mod tests {
             since: Some("soon".into()),
             ..Default::default()
         };
-        assert!(matches!(
-            args.parse(0),
-            Err(FilterError::Time { name: "since", .. })
-        ));
+        let error = args.parse(0).unwrap_err();
+        assert!(matches!(error, FilterError::Time { name: "since", .. }));
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(chain.matches("invalid duration").count(), 1, "{chain}");
 
         let args = FilterArgs {
             limit: Some(0),
