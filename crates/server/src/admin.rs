@@ -49,6 +49,19 @@ pub fn open_existing_store(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     open_store(data_dir)
 }
 
+/// Resolves an optional organisation name or id to its id.
+fn org_id_of(store: &SqliteStore, org: Option<&str>) -> anyhow::Result<Option<String>> {
+    Ok(org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id))
+}
+
+/// Writes each row as one JSON line.
+fn write_json_lines<T: serde::Serialize>(out: &mut impl Write, rows: &[T]) -> anyhow::Result<()> {
+    for row in rows {
+        writeln!(out, "{}", serde_json::to_string(row)?)?;
+    }
+    Ok(())
+}
+
 /// Records the advertised URL for later `key create` runs.
 pub fn write_server_info(data_dir: &Path, advertise_url: &str) -> anyhow::Result<()> {
     let path = data_dir.join(SERVER_INFO_FILE);
@@ -156,12 +169,10 @@ pub fn key_list(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let store = open_existing_store(data_dir)?;
-    let org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
+    let org_id = org_id_of(&store, org)?;
     let keys = store.list_installation_keys(org_id.as_deref())?;
     match format {
-        Format::Json => keys
-            .iter()
-            .try_for_each(|k| writeln!(out, "{}", serde_json::to_string(k)?).map_err(Into::into)),
+        Format::Json => write_json_lines(out, &keys),
         Format::Table => {
             let rows: Vec<Vec<String>> = keys
                 .iter()
@@ -210,12 +221,10 @@ pub fn sensors_list(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let store = open_existing_store(data_dir)?;
-    let org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
+    let org_id = org_id_of(&store, org)?;
     let sensors = store.list_sensors(org_id.as_deref())?;
     match format {
-        Format::Json => sensors
-            .iter()
-            .try_for_each(|s| writeln!(out, "{}", serde_json::to_string(s)?).map_err(Into::into)),
+        Format::Json => write_json_lines(out, &sensors),
         Format::Table => {
             let rows: Vec<Vec<String>> = sensors
                 .iter()
@@ -261,7 +270,7 @@ pub fn events_query(
 ) -> anyhow::Result<()> {
     let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
-    query.org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
+    query.org_id = org_id_of(&store, org)?;
     let mut events = store.query_events(&query)?;
     // The store returns the newest first; people read oldest first.
     events.reverse();
@@ -289,7 +298,7 @@ pub fn events_follow(
 ) -> anyhow::Result<()> {
     let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
-    query.org_id = org.map(|o| store.find_org(o)).transpose()?.map(|o| o.id);
+    query.org_id = org_id_of(&store, org)?;
     query.after_num = Some(store.last_event_num()?);
     if format == Format::Table {
         write_table(out, &EVENT_HEADERS, &[])?;
