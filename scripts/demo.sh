@@ -17,7 +17,7 @@
 #
 # Usage: scripts/demo.sh [--no-docker] [--all] [--duration SECONDS]
 # Set PICKET_SKIP_SETUP=1 to skip scripts/host-setup.sh (packages, Docker).
-#   --no-docker         run the sensor on the host even if Docker answers
+#   --no-docker         run the sensor on the host even if a Docker engine is running
 #   --all               show host events too, not only container events
 #   --duration SECONDS  stop after SECONDS instead of waiting for Ctrl-C
 #

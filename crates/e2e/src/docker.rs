@@ -28,7 +28,7 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// True when a Docker engine answers.
+/// Returns true when a Docker engine responds.
 pub fn engine_available() -> bool {
     Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])

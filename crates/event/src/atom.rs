@@ -2,7 +2,7 @@
 //! equals its parent's `routing/this`.
 //!
 //! Process atoms are derived from the host boot id, the pid and the process
-//! start time (clock ticks since boot), so the same process gets the same atom
+//! start time (clock ticks since boot). So the same process gets the same atom
 //! from every tier and across sensor restarts, and a reused pid gets a new one.
 
 use sha2::{Digest, Sha256};
@@ -16,7 +16,7 @@ pub fn process_atom(boot_id: &str, pid: u32, start_ticks: u64) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// A random atom, for events that are not tied to a process.
+/// Generates a random atom, for events that are not tied to a process.
 pub fn random_atom() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }

@@ -1,9 +1,9 @@
 //! Lossless text fields.
 //!
 //! Paths and arguments on Linux are bytes, not UTF-8. A field whose bytes are
-//! valid UTF-8 is written as that string. Otherwise the field holds a readable
+//! valid UTF-8 is written as that string. Otherwise the field contains a readable
 //! form in which each invalid byte appears as `\xHH`, and a sibling field named
-//! `<FIELD>_B64` holds the exact bytes in standard base64 (RFC 4648, padded).
+//! `<FIELD>_B64` contains the exact bytes in standard base64 (RFC 4648, padded).
 //! Consumers that need the bytes read `<FIELD>_B64` when it is present.
 //!
 //! Control characters need no treatment here: JSON escapes them, so one record

@@ -2,7 +2,7 @@
 //! `picket-server`.
 //!
 //! A record is `{"routing": {...}, "event": {...}}`. The sensor fills the
-//! routing fields it knows (`event_type`, `event_time` in milliseconds,
+//! routing fields it can observe (`event_type`, `event_time` in milliseconds,
 //! `event_id`, `hostname`, and the `this`/`parent` atoms); the server adds
 //! `oid`, `sid`, `iid`, `tags`, `ext_ip` and `int_ip`. Event payload field
 //! names are upper case (`PROCESS_ID`, `COMMAND_LINE`, ...).

@@ -17,7 +17,7 @@
 //! command line), `FILE_PATH_TRUNCATED`, `WORKING_DIRECTORY_TRUNCATED` and
 //! `FILE_KIND` (`deleted`, `memfd`, `dev_shm` or `fd` for a program that was
 //! not a regular file on disk). `TERMINATE_PROCESS` adds `EXIT_CODE`, or `EXIT_SIGNAL`
-//! for a process killed by a signal, when the tier knows it (not in `/proc`
+//! for a process killed by a signal, when the tier reports it (not in `/proc`
 //! polling). File facts become `FILE_CREATE`, `FILE_DELETE`,
 //! `FILE_MODIFIED` and `FILE_RENAME` (with `NEW_FILE_PATH`). Byte fields that
 //! are not UTF-8 get a `<FIELD>_B64` sibling (see `picket_event::bytes`).
