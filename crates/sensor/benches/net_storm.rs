@@ -371,7 +371,7 @@ fn sensor() {
         ..NetConfig::default()
     };
     let resolver = picket_sensor::container::ContainerResolver::new(std::path::Path::new("/"));
-    let handle = net::spawn(config, "/".into(), None, Arc::new(resolver), tx).unwrap();
+    let handle = net::spawn(config, "/".into(), None, Arc::new(resolver), None, tx).unwrap();
     println!("READY");
 
     let stop = AtomicBool::new(false);

@@ -13,6 +13,7 @@
 #define EVENT_FORK 2
 #define EVENT_EXIT 3
 #define EVENT_FILE 4
+#define EVENT_NET 5
 
 /* Longest path text sent, in bytes (PATH_MAX without its NUL). */
 #define PATH_CAP 4095
@@ -41,6 +42,16 @@
 #define FILE_DELETE 2
 #define FILE_MODIFY 3
 #define FILE_RENAME 4
+
+/* net_event actions */
+#define NET_TCP_CONNECT 1
+#define NET_TCP_ACCEPT 2
+#define NET_TCP_CLOSE 3
+#define NET_UDP_SEND 4
+#define NET_UDP_RECV 5
+
+/* flags of net_event */
+#define NET_FLAG_UDP_CONNECTED (1 << 0)
 
 /* Loss counter slots (index into the per-CPU `loss` array). */
 #define LOSS_RINGBUF 0
@@ -107,6 +118,35 @@ struct file_event {
 	u8 data[16384];
 };
 
+/*
+ * A TCP connection opened, accepted or closed, or a UDP socket's first
+ * datagram to or from a peer. The header's process is the one that
+ * connected, accepted or did the I/O: for closes and for outgoing
+ * connections, whose handshake ends outside any process, it is the one
+ * recorded when the connection started.
+ */
+struct net_event {
+	struct event_header hdr;
+	u32 action;
+	u32 flags;
+	/* Inode number of the socket's network namespace. */
+	u32 netns;
+	/* AF_INET or AF_INET6, and IPPROTO_TCP or IPPROTO_UDP. */
+	u16 family;
+	u16 protocol;
+	/* Host byte order. */
+	u16 local_port;
+	u16 remote_port;
+	u32 pad;
+	/* 4 bytes used for AF_INET, 16 for AF_INET6, network byte order. */
+	u8 local_addr[16];
+	u8 remote_addr[16];
+	/* Kernel address of the socket: same value for every event of one
+	 * connection while it lives. */
+	u64 sock;
+	u8 comm[16];
+};
+
 #define EXEC_DATA_OFFSET 80
 #define FILE_DATA_OFFSET 40
 
@@ -116,5 +156,8 @@ _Static_assert(__builtin_offsetof(struct exec_event, argv_len) == 76, "exec_even
 _Static_assert(sizeof(struct fork_event) == 32, "fork_event layout");
 _Static_assert(sizeof(struct exit_event) == 32, "exit_event layout");
 _Static_assert(__builtin_offsetof(struct file_event, data) == FILE_DATA_OFFSET, "file_event layout");
+_Static_assert(__builtin_offsetof(struct net_event, local_addr) == 48, "net_event layout");
+_Static_assert(__builtin_offsetof(struct net_event, sock) == 80, "net_event layout");
+_Static_assert(sizeof(struct net_event) == 104, "net_event layout");
 
 #endif

@@ -84,6 +84,7 @@ struct file {
 	struct inode *f_inode;
 	unsigned int f_flags;
 	unsigned int f_mode;
+	void *private_data;
 };
 
 struct fdtable {
@@ -181,6 +182,47 @@ struct linux_binprm___fdpath {
 	char *fdpath;
 };
 
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		u8 u6_addr8[16];
+	} in6_u;
+};
+
+/* The kernel nests the address and port fields in anonymous unions; CO-RE
+ * finds them by name through those. */
+struct sock_common {
+	u32 skc_daddr;
+	u32 skc_rcv_saddr;
+	u16 skc_dport;
+	u16 skc_num;
+	unsigned short skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	u16 sk_protocol;
+	u16 sk_type;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
 	unsigned long r10;
@@ -194,6 +236,7 @@ struct pt_regs {
 #define SYSCALL_ARG1(regs) rd((regs)->si)
 #define SYSCALL_ARG2(regs) rd((regs)->dx)
 #define SYSCALL_ARG3(regs) rd((regs)->r10)
+#define SYSCALL_ARG4(regs) rd((regs)->r8)
 #define SYSCALL_NR(regs) rd((regs)->orig_ax)
 #elif defined(__TARGET_ARCH_arm64)
 struct pt_regs {
@@ -206,6 +249,7 @@ struct pt_regs {
 #define SYSCALL_ARG1(regs) rd((regs)->regs[1])
 #define SYSCALL_ARG2(regs) rd((regs)->regs[2])
 #define SYSCALL_ARG3(regs) rd((regs)->regs[3])
+#define SYSCALL_ARG4(regs) rd((regs)->regs[4])
 #define SYSCALL_NR(regs) rd((regs)->syscallno)
 #else
 #error "define __TARGET_ARCH_x86 or __TARGET_ARCH_arm64"

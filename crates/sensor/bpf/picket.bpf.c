@@ -17,6 +17,15 @@
  * kernel. Unlink and rename paths are the caller's text, made absolute with
  * the kernel path of the directory descriptor or working directory.
  *
+ * Network programs: TCP connections come from the inet_sock_set_state
+ * tracepoint. The process of an outgoing connection is the one that moved the
+ * socket to SYN_SENT (connect runs in it); an incoming connection is reported
+ * when accept(2) hands it to a process, found from the returned descriptor.
+ * UDP peers come from the sock_send_length and sock_recv_length tracepoints
+ * (every sendmsg and recvmsg path, in the calling process). An unconnected
+ * socket's peer is read from the address the caller passed to sendto or
+ * sendmsg, or that recvfrom or recvmsg wrote back, at syscall exit.
+ *
  * NOTE: scratch buffers are per CPU. On a fully preemptible kernel
  * (CONFIG_PREEMPT) a program preempted mid-event can see its buffer reused by
  * another task on the same CPU, and that event's text can be mixed.
@@ -70,6 +79,16 @@ const volatile s32 nr_writev = -1;
 const volatile s32 nr_pwritev = -1;
 const volatile s32 nr_pwritev2 = -1;
 const volatile s32 nr_close = -1;
+/* Network programs: on/off, and the calls whose peer address is read. */
+const volatile u32 net_events_enabled = 0;
+const volatile s32 nr_accept = -1;
+const volatile s32 nr_accept4 = -1;
+const volatile s32 nr_sendto = -1;
+const volatile s32 nr_sendmsg = -1;
+const volatile s32 nr_sendmmsg = -1;
+const volatile s32 nr_recvfrom = -1;
+const volatile s32 nr_recvmsg = -1;
+const volatile s32 nr_recvmmsg = -1;
 
 struct path_scratch {
 	u8 buf[PATH_END + 256];
@@ -781,6 +800,367 @@ static __always_inline void on_write(u32 tgid, s32 fd)
 	send_file_event(FILE_MODIFY, tgid, len, 0);
 }
 
+/* ---- Network ---- */
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+#define OWNER_OUTGOING (1 << 0)
+#define OWNER_REPORTED (1 << 1)
+
+/* Who opened a TCP socket, kept from its first state change until close. */
+struct sock_owner {
+	u32 tgid;
+	u32 flags;
+	u64 start_ticks;
+	u8 comm[16];
+	/* Endpoints as reported at connect or accept: by the time the close
+	 * is seen, the kernel may have released the local port. */
+	u32 netns;
+	u16 family;
+	u16 local_port;
+	u16 remote_port;
+	u16 pad;
+	u8 local_addr[16];
+	u8 remote_addr[16];
+};
+
+static __always_inline void keep_endpoints(struct sock_owner *owner, struct net_event *ev)
+{
+	owner->netns = ev->netns;
+	owner->family = ev->family;
+	owner->local_port = ev->local_port;
+	owner->remote_port = ev->remote_port;
+	__builtin_memcpy(owner->local_addr, ev->local_addr, 16);
+	__builtin_memcpy(owner->remote_addr, ev->remote_addr, 16);
+}
+
+static __always_inline void kept_endpoints(struct net_event *ev, struct sock_owner *owner, struct sock *sk)
+{
+	ev->netns = owner->netns;
+	ev->family = owner->family;
+	ev->protocol = IPPROTO_TCP;
+	ev->local_port = owner->local_port;
+	ev->remote_port = owner->remote_port;
+	ev->sock = (u64)sk;
+	__builtin_memcpy(ev->local_addr, owner->local_addr, 16);
+	__builtin_memcpy(ev->remote_addr, owner->remote_addr, 16);
+}
+
+/* Arguments of a send or receive call, kept from sys_enter until sys_exit. */
+struct pending_io {
+	s32 nr;
+	u32 is_msghdr;
+	/* User address of the sockaddr, or of the msghdr that points to it. */
+	u64 addr_arg;
+	/* Unconnected UDP socket the call received on, set in the call. */
+	u64 sk;
+};
+
+/* A UDP socket and one of its peers. */
+struct udp_peer {
+	u64 sk;
+	u8 addr[16];
+	u16 port;
+	u16 pad;
+	u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u64);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u64);
+	__type(value, struct pending_io);
+} pending_io SEC(".maps");
+
+/* UDP peers already reported; a peer is reported again only after its
+ * entry was evicted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct udp_peer);
+	__type(value, u8);
+} udp_peers SEC(".maps");
+
+static __always_inline int is_send_call(s32 nr)
+{
+	return nr == nr_sendto || nr == nr_sendmsg || nr == nr_sendmmsg;
+}
+
+static __always_inline int is_recv_call(s32 nr)
+{
+	return nr == nr_recvfrom || nr == nr_recvmsg || nr == nr_recvmmsg;
+}
+
+/* Fills the address family, namespace and both endpoints from the socket. */
+static __always_inline void put_endpoints(struct net_event *ev, struct sock *sk)
+{
+	struct net *net = rd(sk->__sk_common.skc_net.net);
+	u16 family = rd(sk->__sk_common.skc_family);
+
+	ev->netns = net ? rd(net->ns.inum) : 0;
+	ev->family = family;
+	ev->protocol = rd(sk->sk_protocol);
+	ev->local_port = rd(sk->__sk_common.skc_num);
+	ev->remote_port = __builtin_bswap16(rd(sk->__sk_common.skc_dport));
+	ev->sock = (u64)sk;
+	if (family == AF_INET6) {
+		bpf_probe_read_kernel(ev->local_addr, 16,
+				      __builtin_preserve_access_index(&sk->__sk_common.skc_v6_rcv_saddr));
+		bpf_probe_read_kernel(ev->remote_addr, 16,
+				      __builtin_preserve_access_index(&sk->__sk_common.skc_v6_daddr));
+	} else {
+		u32 local = rd(sk->__sk_common.skc_rcv_saddr);
+		u32 remote = rd(sk->__sk_common.skc_daddr);
+		__builtin_memcpy(ev->local_addr, &local, 4);
+		__builtin_memcpy(ev->remote_addr, &remote, 4);
+	}
+}
+
+static __always_inline void send_net_event(struct net_event *ev, u32 action, u32 tgid, u64 start_ticks)
+{
+	ev->hdr.kind = EVENT_NET;
+	ev->hdr.tgid = tgid;
+	ev->hdr.time_boot_ns = bpf_ktime_get_boot_ns();
+	ev->hdr.start_ticks = start_ticks;
+	ev->action = action;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag()) < 0)
+		count_loss(LOSS_RINGBUF);
+}
+
+static __always_inline int is_inet(struct sock *sk)
+{
+	u16 family = rd(sk->__sk_common.skc_family);
+	return family == AF_INET || family == AF_INET6;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int handle_inet_sock_set_state(u64 *ctx)
+{
+	struct sock *sk = ctx_arg(ctx, 0);
+	int oldstate = (int)(u64)ctx_arg(ctx, 1);
+	int newstate = (int)(u64)ctx_arg(ctx, 2);
+	u64 key = (u64)sk;
+
+	if (!net_events_enabled || rd(sk->sk_protocol) != IPPROTO_TCP || !is_inet(sk))
+		return 0;
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(2) runs in the caller, so the current task owns it. */
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct sock_owner owner = {
+			.tgid = bpf_get_current_pid_tgid() >> 32,
+			.flags = OWNER_OUTGOING,
+			.start_ticks = start_ticks_of(task),
+		};
+		bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+		return 0;
+	}
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+		/* A passive open ends in softirq context: the owner is whoever
+		 * accepts it. */
+		struct sock_owner owner = {};
+		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+		return 0;
+	}
+
+	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+	if (!owner)
+		return 0;
+	u32 action = 0;
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT && (owner->flags & OWNER_OUTGOING)) {
+		owner->flags |= OWNER_REPORTED;
+		action = NET_TCP_CONNECT;
+	} else if (newstate == TCP_CLOSE) {
+		if (owner->flags & OWNER_REPORTED)
+			action = NET_TCP_CLOSE;
+	} else {
+		return 0;
+	}
+	if (action) {
+		struct net_event ev = {};
+		ev.flags = owner->flags & OWNER_OUTGOING;
+		__builtin_memcpy(ev.comm, owner->comm, sizeof(ev.comm));
+		if (action == NET_TCP_CONNECT) {
+			put_endpoints(&ev, sk);
+			keep_endpoints(owner, &ev);
+		} else {
+			kept_endpoints(&ev, owner, sk);
+		}
+		send_net_event(&ev, action, owner->tgid, owner->start_ticks);
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&sock_owners, &key);
+	return 0;
+}
+
+/* accept(2) returned descriptor `fd`: report the connection behind it. */
+static __always_inline void on_accept(u32 tgid, s32 fd)
+{
+	struct file *file = fd_file(fd);
+	if (!file)
+		return;
+	struct socket *sock = rd(file->private_data);
+	if (!sock)
+		return;
+	struct sock *sk = rd(sock->sk);
+	u64 key = (u64)sk;
+	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+	/* No entry: the connection was established before the programs were
+	 * attached; the socket table poll reports it. */
+	if (!owner || (owner->flags & OWNER_REPORTED))
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	owner->tgid = tgid;
+	owner->start_ticks = start_ticks_of(task);
+	owner->flags |= OWNER_REPORTED;
+	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
+
+	struct net_event ev = {};
+	__builtin_memcpy(ev.comm, owner->comm, sizeof(ev.comm));
+	put_endpoints(&ev, sk);
+	keep_endpoints(owner, &ev);
+	send_net_event(&ev, NET_TCP_ACCEPT, tgid, owner->start_ticks);
+}
+
+/* Reads a peer from a user sockaddr into the event; false when it is not
+ * an IPv4 or IPv6 address. */
+static __always_inline int read_user_peer(struct net_event *ev, u64 addr)
+{
+	u8 sa[24] = {};
+	if (!addr || bpf_probe_read_user(sa, sizeof(sa), (void *)addr) < 0)
+		return 0;
+	u16 family = sa[0] | (sa[1] << 8);
+	ev->remote_port = (sa[2] << 8) | sa[3];
+	if (family == AF_INET && ev->family == AF_INET) {
+		__builtin_memcpy(ev->remote_addr, &sa[4], 4);
+		return 1;
+	}
+	if (family == AF_INET6 && ev->family == AF_INET6) {
+		__builtin_memcpy(ev->remote_addr, &sa[8], 16);
+		return 1;
+	}
+	/* An IPv6 socket may be handed an IPv4 address only when it is
+	 * IPv4-only in practice; report nothing rather than guess. */
+	return 0;
+}
+
+/* User address of the peer sockaddr a pending call names. */
+static __always_inline u64 peer_addr_of(struct pending_io *io)
+{
+	u64 addr = io->addr_arg;
+	if (io->is_msghdr) {
+		/* msg_name is the first member of struct msghdr. */
+		if (!addr || bpf_probe_read_user(&addr, sizeof(addr), (void *)io->addr_arg) < 0)
+			return 0;
+	}
+	return addr;
+}
+
+/* Reports a UDP socket's peer the first time it is seen. */
+static __always_inline void report_udp_peer(struct net_event *ev, u32 action, struct sock *sk)
+{
+	struct udp_peer peer = { .sk = (u64)sk, .port = ev->remote_port };
+	__builtin_memcpy(peer.addr, ev->remote_addr, 16);
+	u8 one = 1;
+	if (bpf_map_update_elem(&udp_peers, &peer, &one, BPF_NOEXIST) != 0)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	send_net_event(ev, action, bpf_get_current_pid_tgid() >> 32, start_ticks_of(task));
+}
+
+static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!net_events_enabled || ret <= 0 || (u32)(pid_tgid >> 32) == self_tgid)
+		return;
+	if (rd(sk->sk_protocol) != IPPROTO_UDP || !is_inet(sk))
+		return;
+	struct net_event ev = {};
+	put_endpoints(&ev, sk);
+	u32 action = sending ? NET_UDP_SEND : NET_UDP_RECV;
+	if (ev.remote_port != 0) {
+		ev.flags = NET_FLAG_UDP_CONNECTED;
+		report_udp_peer(&ev, action, sk);
+		return;
+	}
+	struct pending_io *io = bpf_map_lookup_elem(&pending_io, &pid_tgid);
+	if (!io)
+		return;
+	if (sending) {
+		if (read_user_peer(&ev, peer_addr_of(io)))
+			report_udp_peer(&ev, action, sk);
+	} else {
+		/* The peer address reaches user memory only after this point. */
+		io->sk = (u64)sk;
+	}
+}
+
+SEC("tp_btf/sock_send_length")
+int handle_sock_send_length(u64 *ctx)
+{
+	on_udp_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 1);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int handle_sock_recv_length(u64 *ctx)
+{
+	on_udp_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 0);
+	return 0;
+}
+
+static __always_inline void net_sys_enter(struct pt_regs *regs, s32 nr, u64 pid_tgid)
+{
+	struct pending_io io = { .nr = nr };
+	if (nr == nr_sendto || nr == nr_recvfrom) {
+		io.addr_arg = SYSCALL_ARG4(regs);
+	} else {
+		io.addr_arg = SYSCALL_ARG1(regs);
+		io.is_msghdr = 1;
+	}
+	if (!io.addr_arg)
+		return;
+	bpf_map_update_elem(&pending_io, &pid_tgid, &io, BPF_ANY);
+}
+
+static __always_inline void net_sys_exit(s32 nr, long ret, u64 pid_tgid)
+{
+	u32 tgid = pid_tgid >> 32;
+	if (nr == nr_accept || nr == nr_accept4) {
+		if (ret >= 0)
+			on_accept(tgid, (s32)ret);
+		return;
+	}
+	struct pending_io *pending = bpf_map_lookup_elem(&pending_io, &pid_tgid);
+	if (!pending)
+		return;
+	struct pending_io io = *pending;
+	bpf_map_delete_elem(&pending_io, &pid_tgid);
+	if (ret <= 0 || !io.sk || io.nr != nr || !is_recv_call(nr))
+		return;
+	struct sock *sk = (struct sock *)io.sk;
+	struct net_event ev = {};
+	put_endpoints(&ev, sk);
+	if (read_user_peer(&ev, peer_addr_of(&io)))
+		report_udp_peer(&ev, NET_UDP_RECV, sk);
+}
+
 SEC("tp_btf/sys_enter")
 int handle_sys_enter(u64 *ctx)
 {
@@ -790,7 +1170,13 @@ int handle_sys_enter(u64 *ctx)
 	u32 tgid = pid_tgid >> 32;
 	struct pending_call call = { .nr = nr, .dirfd = AT_FDCWD, .new_dirfd = AT_FDCWD };
 
-	if (!file_events_enabled || tgid == self_tgid)
+	if (tgid == self_tgid)
+		return 0;
+	if (net_events_enabled && (is_send_call(nr) || is_recv_call(nr))) {
+		net_sys_enter(regs, nr, pid_tgid);
+		return 0;
+	}
+	if (!file_events_enabled)
 		return 0;
 	if (is_write_call(nr)) {
 		on_write(tgid, (s32)SYSCALL_ARG0(regs));
@@ -837,9 +1223,16 @@ int handle_sys_exit(u64 *ctx)
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
 
-	if (!file_events_enabled || tgid == self_tgid)
+	if (tgid == self_tgid)
 		return 0;
 	s32 nr = (s32)SYSCALL_NR(regs);
+	if (net_events_enabled &&
+	    (nr == nr_accept || nr == nr_accept4 || is_send_call(nr) || is_recv_call(nr))) {
+		net_sys_exit(nr, ret, pid_tgid);
+		return 0;
+	}
+	if (!file_events_enabled)
+		return 0;
 	if (nr != nr_open && nr != nr_openat && nr != nr_openat2 && nr != nr_creat && nr != nr_unlink &&
 	    nr != nr_unlinkat && nr != nr_rename && nr != nr_renameat && nr != nr_renameat2)
 		return 0;

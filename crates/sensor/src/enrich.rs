@@ -282,6 +282,8 @@ impl Enricher {
             Fact::Exit(exit) => self.on_exit(exit),
             Fact::Dropped { reason, count } => Some(self.dropped_record(reason, count)),
             Fact::File(file) => Some(self.file_record(file)),
+            // Turned into records by the network collector.
+            Fact::Net(_) => None,
         };
         if let Some(record) = record {
             bump(&self.stats.records);

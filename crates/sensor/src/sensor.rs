@@ -23,6 +23,7 @@ use picket_event::{types, Record};
 use serde_json::{Map, Value};
 
 use crate::code_hash::{self, CodeHasher};
+use crate::collect::net::kernel::KernelNetEvent;
 use crate::collect::{cnproc, ebpf, net, procscan, Fact, Tier};
 use crate::config::{Config, TierChoice};
 use crate::container::{self, ContainerInfo, ContainerResolver, ResolverConfig};
@@ -35,6 +36,8 @@ use crate::transport::{self, TransportConfig};
 
 /// Capacity of the fact queue between a tier and enrichment.
 pub const FACT_QUEUE: usize = 65_536;
+/// Network reports of the eBPF tier waiting for the network collector.
+const NET_REPORT_QUEUE: usize = 65_536;
 
 /// Inputs a tier needs to start.
 pub struct TierContext {
@@ -44,6 +47,11 @@ pub struct TierContext {
     pub host: HostFacts,
     pub poll_interval: Duration,
     pub tx: SyncSender<Fact>,
+    /// Where the eBPF tier sends its network reports; `None` turns its
+    /// network programs off.
+    pub net_tx: Option<SyncSender<KernelNetEvent>>,
+    /// Set by the eBPF tier: why its network reports are unavailable.
+    pub net_unavailable: std::sync::Mutex<Option<String>>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -55,6 +63,9 @@ pub struct Selection {
     pub threads: Vec<JoinHandle<()>>,
     /// Handles that stop their tier when dropped (the eBPF tier's).
     pub guards: Vec<Box<dyn Send>>,
+    /// Source of connection records: `Ok` when the eBPF tier's network
+    /// programs report them, else why the socket table poll does alone.
+    pub kernel_network: Result<(), String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +89,28 @@ pub fn select_tier(choice: TierChoice, ctx: &TierContext) -> Result<Selection, S
         }
         match start_tier(tier, ctx) {
             Ok((threads, guards)) => {
+                let kernel_network = if tier != Tier::Ebpf {
+                    Err(format!("the {} tier has no network hooks", tier.name()))
+                } else if ctx.net_tx.is_none() {
+                    Err("network reports not requested".to_owned())
+                } else {
+                    match ctx
+                        .net_unavailable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                    {
+                        Some(reason) => Err(reason),
+                        None => Ok(()),
+                    }
+                };
                 return Ok(Selection {
                     tier,
                     skipped,
                     threads,
                     guards,
-                })
+                    kernel_network,
+                });
             }
             Err(reason) => skipped.push((tier, reason)),
         }
@@ -144,10 +171,14 @@ fn start_ebpf(ctx: &TierContext) -> Result<Box<dyn Send>, String> {
         host_fs: ctx.fs.root().to_path_buf(),
         ..ebpf::EbpfConfig::default()
     };
-    let handle = ebpf::start(&config, ctx.tx.clone()).map_err(|e| error_chain(&e))?;
+    let handle = ebpf::start_with_network(&config, ctx.tx.clone(), ctx.net_tx.clone())
+        .map_err(|e| error_chain(&e))?;
     if let Some(reason) = &handle.file_events_unavailable {
         tracing::warn!(%reason, "file events unavailable in the eBPF tier");
     }
+    *ctx.net_unavailable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = handle.network_unavailable.clone();
     Ok(Box::new(handle))
 }
 
@@ -180,6 +211,7 @@ pub fn container_lookup(fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLooku
 fn start_network(
     config: &Config,
     host: &HostFacts,
+    kernel: Option<Receiver<KernelNetEvent>>,
     outbound: Outbound,
 ) -> Option<(net::NetHandle, JoinHandle<()>)> {
     let mut resolver_config = ResolverConfig::default();
@@ -203,6 +235,7 @@ fn start_network(
         config.host_fs.root().to_path_buf(),
         config.net_ns.clone(),
         resolver,
+        kernel,
         tx,
     ) {
         Ok(handle) => handle,
@@ -305,9 +338,20 @@ pub fn connected_record(host: &HostFacts, selection: &Selection) -> Record {
         .set("KERNEL_ACQ_AVAILABLE", selection.tier == Tier::Ebpf)
         .set("ACQUISITION_TIER", selection.tier.name())
         .set("TIER_REASONS", Value::Object(reasons))
+        .set(
+            "NETWORK_SOURCE",
+            if selection.kernel_network.is_ok() {
+                "ebpf"
+            } else {
+                "procpoll"
+            },
+        )
         .set("NAMESPACES", host.to_json())
         .set("KERNEL_VERSION", host.kernel_release.as_str())
         .set("SENSOR_VERSION", env!("CARGO_PKG_VERSION"));
+    if let Err(reason) = &selection.kernel_network {
+        record.set("NETWORK_SOURCE_REASON", reason.as_str());
+    }
     record
 }
 
@@ -333,6 +377,7 @@ pub async fn run(
     }
 
     let (tx, rx) = sync_channel(FACT_QUEUE);
+    let (net_tx, net_rx) = sync_channel(NET_REPORT_QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let prefetch = Arc::new(Prefetch::default());
     let ctx = TierContext {
@@ -341,13 +386,16 @@ pub async fn run(
         host: host.clone(),
         poll_interval: config.poll_interval,
         tx,
+        net_tx: Some(net_tx),
+        net_unavailable: Default::default(),
         stop: stop.clone(),
     };
     let selection = select_tier(config.tier, &ctx)?;
     drop(ctx);
     log_selection(&selection);
 
-    let network = start_network(&config, &host, outbound.clone());
+    let kernel_reports = selection.kernel_network.is_ok().then_some(net_rx);
+    let network = start_network(&config, &host, kernel_reports, outbound.clone());
 
     let transport = match (config.key.clone(), transport_rx) {
         (Some(key), Some(rx)) => {
@@ -453,6 +501,12 @@ fn log_selection(selection: &Selection) {
         .map(|(t, r)| format!("{}: {r}", t.name()))
         .collect();
     tracing::info!(tier = selection.tier.name(), not_used = %reasons.join("; "), "acquisition tier selected");
+    match &selection.kernel_network {
+        Ok(()) => tracing::info!(source = "ebpf", "connections reported by kernel hooks"),
+        Err(reason) => {
+            tracing::info!(source = "procpoll", %reason, "connections reported by socket table polling")
+        }
+    }
 }
 
 fn enrich_loop(
@@ -537,6 +591,8 @@ mod tests {
             host: host(NsState::Private),
             poll_interval: Duration::from_millis(100),
             tx,
+            net_tx: None,
+            net_unavailable: Default::default(),
             stop: stop.clone(),
         };
         // The eBPF tier may load on this host whatever the PID namespace, so
@@ -578,6 +634,8 @@ mod tests {
             host: host(NsState::Host),
             poll_interval: Duration::from_millis(100),
             tx,
+            net_tx: None,
+            net_unavailable: Default::default(),
             stop: stop.clone(),
         };
         let selection = select_tier(TierChoice::Procpoll, &ctx).unwrap();
@@ -608,6 +666,8 @@ mod tests {
             host: host(NsState::Private),
             poll_interval: Duration::from_millis(100),
             tx,
+            net_tx: None,
+            net_unavailable: Default::default(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let Err(SensorError::NoTier { reasons }) = select_tier(TierChoice::Netlink, &ctx) else {

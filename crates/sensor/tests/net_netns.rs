@@ -38,6 +38,7 @@ fn poller_with(net_ns: Option<&Path>, sock_diag: bool) -> (Poller, Arc<NetStats>
         Attributor::new(Path::new("/"), Arc::new(NoContainers)),
         stats.clone(),
         None,
+        None,
     );
     (poller, stats)
 }
@@ -258,6 +259,7 @@ fn capture_in_file_only_namespace(netns_dir: &Path, file: &Path, inode: u64) {
         PathBuf::from("/"),
         Some(netns_dir.to_path_buf()),
         Arc::new(NoContainers),
+        None,
         tx,
     )
     .unwrap();

@@ -128,6 +128,9 @@ pub enum Fact {
     Fork(ForkFact),
     Exit(ExitFact),
     File(FileFact),
+    /// A network report of the eBPF tier. Its reader routes these to the
+    /// network collector; they never reach enrichment.
+    Net(net::kernel::KernelNetEvent),
     /// Data the collector lost, by reason (for example `ringbuf_reserve`).
     Dropped {
         reason: &'static str,

@@ -77,7 +77,31 @@ pub fn sensor_child_main() {
         ..NetConfig::default()
     };
     let resolver = picket_sensor::container::ContainerResolver::new(&host_fs);
-    let handle = net::spawn(config, host_fs, net_ns, Arc::new(resolver), tx)
+    // With PICKET_NET_EBPF=1 the eBPF tier runs too and feeds its network
+    // reports to the collector; its process facts are read and dropped.
+    let mut ebpf_tier = None;
+    let kernel = if std::env::var("PICKET_NET_EBPF").as_deref() == Ok("1") {
+        let (fact_tx, fact_rx) = std::sync::mpsc::sync_channel(4096);
+        let (net_tx, net_rx) = std::sync::mpsc::sync_channel(4096);
+        let ebpf_config = picket_sensor::collect::ebpf::EbpfConfig {
+            host_fs: host_fs.clone(),
+            ..Default::default()
+        };
+        let tier =
+            picket_sensor::collect::ebpf::start_with_network(&ebpf_config, fact_tx, Some(net_tx))
+                .expect("ebpf tier starts");
+        assert!(
+            tier.network_unavailable.is_none(),
+            "ebpf network programs unavailable: {:?}",
+            tier.network_unavailable
+        );
+        std::thread::spawn(move || for _fact in fact_rx {});
+        ebpf_tier = Some(tier);
+        Some(net_rx)
+    } else {
+        None
+    };
+    let handle = net::spawn(config, host_fs, net_ns, Arc::new(resolver), kernel, tx)
         .expect("network collector starts");
     println!("READY");
 
@@ -98,6 +122,7 @@ pub fn sensor_child_main() {
         .collect();
     println!("STATS {}", Value::Object(stats));
     drop(rx);
+    drop(ebpf_tier);
     handle.stop();
 }
 

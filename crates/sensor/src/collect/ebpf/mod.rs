@@ -30,6 +30,7 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
+use super::net::kernel::KernelNetEvent;
 use super::Fact;
 pub use wire::LOSS_REASONS;
 
@@ -159,6 +160,9 @@ pub struct EbpfConfig {
     /// Ring buffer size in bytes; a power of two and a multiple of the page size.
     pub ring_bytes: u32,
     pub files: FileConfig,
+    /// Attach the network programs (TCP connect/accept/close, UDP peers).
+    /// Their reports go to the channel given to [`start_with_network`].
+    pub network: bool,
 }
 
 impl Default for EbpfConfig {
@@ -167,6 +171,7 @@ impl Default for EbpfConfig {
             host_fs: PathBuf::from("/"),
             ring_bytes: 16 << 20,
             files: FileConfig::default(),
+            network: true,
         }
     }
 }
@@ -204,6 +209,9 @@ pub struct EbpfHandle {
     thread: Option<JoinHandle<()>>,
     /// Reason file events are off although configured, if they are.
     pub file_events_unavailable: Option<String>,
+    /// Reason network reports are off or partial although configured, if
+    /// they are.
+    pub network_unavailable: Option<String>,
 }
 
 impl EbpfHandle {
@@ -383,6 +391,14 @@ const SYSCALLS: &[(&str, i32)] = &[
     ("nr_pwritev", 296),
     ("nr_pwritev2", 328),
     ("nr_close", 3),
+    ("nr_accept", 43),
+    ("nr_accept4", 288),
+    ("nr_sendto", 44),
+    ("nr_sendmsg", 46),
+    ("nr_sendmmsg", 307),
+    ("nr_recvfrom", 45),
+    ("nr_recvmsg", 47),
+    ("nr_recvmmsg", 299),
 ];
 
 #[cfg(target_arch = "aarch64")]
@@ -398,6 +414,14 @@ const SYSCALLS: &[(&str, i32)] = &[
     ("nr_pwritev", 70),
     ("nr_pwritev2", 287),
     ("nr_close", 57),
+    ("nr_accept", 202),
+    ("nr_accept4", 242),
+    ("nr_sendto", 206),
+    ("nr_sendmsg", 211),
+    ("nr_sendmmsg", 269),
+    ("nr_recvfrom", 207),
+    ("nr_recvmsg", 212),
+    ("nr_recvmmsg", 243),
 ];
 
 fn possible_cpus() -> u32 {
@@ -499,6 +523,7 @@ fn attach(
 fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf, LoadError> {
     let self_tgid = std::process::id();
     let enabled = u32::from(with_files);
+    let net_enabled = u32::from(config.network);
     let prefix_count = config.files.prefixes.len() as u32;
     let burst = config.files.burst.max(1);
     let wakeup_bytes = u64::from(config.ring_bytes / 8).min(256 * 1024);
@@ -507,6 +532,7 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
         .btf(Some(btf))
         .set_global("self_tgid", &self_tgid, true)
         .set_global("file_events_enabled", &enabled, true)
+        .set_global("net_events_enabled", &net_enabled, true)
         .set_global("prefix_count", &prefix_count, true)
         .set_global("file_rate_per_sec", &config.files.rate_per_sec, true)
         .set_global("file_burst", &burst, true)
@@ -533,8 +559,27 @@ fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf,
 /// event to `tx` as a [`Fact`]. When `tx` is full, facts are dropped and
 /// counted, and a `Fact::Dropped` with reason `queue_overflow` follows once
 /// there is room. Kernel-side losses are sent as `Fact::Dropped` once a
-/// second.
+/// second. Network reports are discarded; see [`start_with_network`].
 pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, LoadError> {
+    let config = EbpfConfig {
+        network: false,
+        ..config.clone()
+    };
+    start_with_network(&config, tx, None)
+}
+
+/// [`start`], with the network programs' reports sent to `net_tx` when
+/// `config.network` is set. Reports that find `net_tx` full are dropped and
+/// counted as `queue_overflow`; a closed `net_tx` only ends the reports.
+pub fn start_with_network(
+    config: &EbpfConfig,
+    tx: SyncSender<Fact>,
+    net_tx: Option<SyncSender<KernelNetEvent>>,
+) -> Result<EbpfHandle, LoadError> {
+    let config = &EbpfConfig {
+        network: config.network && net_tx.is_some(),
+        ..config.clone()
+    };
     let btf_path = find_btf(&config.host_fs).map_err(LoadError::Unavailable)?;
     let btf =
         Btf::parse_file(&btf_path, Endianness::default()).map_err(|source| LoadError::Btf {
@@ -550,13 +595,23 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
     attach(&mut bpf, &btf, "handle_exit", "sched_process_exit")?;
 
     let mut file_events_unavailable = None;
-    if config.files.enabled {
-        if let Err(error) = attach_file_programs(&mut bpf, &btf, &prefixes) {
+    let mut network_unavailable = None;
+    if config.files.enabled || config.network {
+        if let Err(error) = attach_syscall_programs(&mut bpf, &btf, &prefixes) {
             if let LoadError::Verifier { log, .. } = &error {
                 tracing::debug!(%log, "verifier log");
             }
-            tracing::warn!(%error, "file events unavailable in the ebpf tier");
+            tracing::warn!(%error, "file events and udp peers of unconnected sockets unavailable in the ebpf tier");
             file_events_unavailable = Some(error.to_string());
+            network_unavailable = Some(format!(
+                "accepted connections and unconnected udp peers unavailable: {error}"
+            ));
+        }
+    }
+    if config.network {
+        if let Err(reason) = attach_network_programs(&mut bpf, &btf) {
+            tracing::warn!(%reason, "network reports unavailable in the ebpf tier");
+            network_unavailable = Some(reason);
         }
     }
 
@@ -581,6 +636,7 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
     let counts = Arc::new(SharedCounts::default());
     let sink = Sink {
         tx,
+        net_tx: net_tx.filter(|_| config.network),
         counts: counts.clone(),
         unsent_overflow: 0,
     };
@@ -595,16 +651,43 @@ pub fn start(config: &EbpfConfig, tx: SyncSender<Fact>) -> Result<EbpfHandle, Lo
         .name("ebpf-reader".to_owned())
         .spawn(move || reader.run())
         .map_err(LoadError::Thread)?;
-    tracing::info!(btf = %btf_path.display(), files = file_events_unavailable.is_none() && config.files.enabled, "ebpf tier started");
+    tracing::info!(
+        btf = %btf_path.display(),
+        files = file_events_unavailable.is_none() && config.files.enabled,
+        network = network_unavailable.is_none() && config.network,
+        "ebpf tier started"
+    );
     Ok(EbpfHandle {
         stop,
         counts,
         thread: Some(thread),
         file_events_unavailable,
+        network_unavailable,
     })
 }
 
-fn attach_file_programs(bpf: &mut Ebpf, btf: &Btf, prefixes: &[Prefix]) -> Result<(), LoadError> {
+/// Attaches the TCP state program, then the UDP I/O programs, which need
+/// Linux 6.3 or later. Returns what is missing.
+fn attach_network_programs(bpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    attach(
+        bpf,
+        btf,
+        "handle_inet_sock_set_state",
+        "inet_sock_set_state",
+    )
+    .map_err(|e| format!("tcp connections unavailable: {e}"))?;
+    attach(bpf, btf, "handle_sock_send_length", "sock_send_length")
+        .and_then(|()| attach(bpf, btf, "handle_sock_recv_length", "sock_recv_length"))
+        .map_err(|e| format!("udp peers unavailable (needs linux 6.3 or later): {e}"))
+}
+
+/// Attaches the raw syscall programs, which report file changes and read
+/// the peers of accept, send and receive calls.
+fn attach_syscall_programs(
+    bpf: &mut Ebpf,
+    btf: &Btf,
+    prefixes: &[Prefix],
+) -> Result<(), LoadError> {
     let mut map: Array<&mut MapData, Prefix> =
         Array::try_from(bpf.map_mut("file_prefixes").ok_or(LoadError::MissingMap {
             name: "file_prefixes",
@@ -667,6 +750,8 @@ struct Reader {
 /// The consumer's channel, with the count of facts it had no room for.
 struct Sink {
     tx: SyncSender<Fact>,
+    /// Receiver of network reports; `None` once it closed.
+    net_tx: Option<SyncSender<KernelNetEvent>>,
     counts: Arc<SharedCounts>,
     unsent_overflow: u64,
 }
@@ -692,6 +777,10 @@ impl Sink {
 
     /// Sends one fact; false when the receiver is gone.
     fn send(&mut self, fact: Fact) -> bool {
+        let fact = match fact {
+            Fact::Net(event) => return self.send_net(event),
+            other => other,
+        };
         if !self.flush_overflow() {
             return false;
         }
@@ -704,6 +793,28 @@ impl Sink {
             }
             Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+}
+
+impl Sink {
+    /// Sends one network report. A full channel drops it, counted; a closed
+    /// one ends network reports but not the tier.
+    fn send_net(&mut self, event: KernelNetEvent) -> bool {
+        let Some(net_tx) = &self.net_tx else {
+            return true;
+        };
+        match net_tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.unsent_overflow += 1;
+                self.counts.queue_overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::info!("network report receiver closed; reports discarded");
+                self.net_tx = None;
+            }
+        }
+        true
     }
 }
 

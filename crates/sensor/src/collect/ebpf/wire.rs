@@ -4,6 +4,10 @@
 //! `_Static_assert`. The offsets below repeat those numbers, so a layout
 //! change must update both files.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::collect::net::kernel::{KernelAction, KernelNetEvent};
+use crate::collect::net::procfs::Proto;
 use crate::collect::{
     ExeKind, ExecDetails, ExecFact, ExitFact, Fact, FileAction, FileFact, ForkFact,
 };
@@ -12,6 +16,19 @@ pub const EVENT_EXEC: u32 = 1;
 pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_FILE: u32 = 4;
+pub const EVENT_NET: u32 = 5;
+
+const NET_TCP_CONNECT: u32 = 1;
+const NET_TCP_ACCEPT: u32 = 2;
+const NET_TCP_CLOSE: u32 = 3;
+const NET_UDP_SEND: u32 = 4;
+const NET_UDP_RECV: u32 = 5;
+const NET_FLAG_UDP_CONNECTED: u32 = 1 << 0;
+const NET_EVENT_LEN: usize = 104;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u16 = 17;
 
 const FLAG_EXE_TRUNCATED: u32 = 1 << 0;
 const FLAG_CWD_TRUNCATED: u32 = 1 << 1;
@@ -48,6 +65,12 @@ pub enum DecodeError {
     Short { kind: u32, len: usize },
     #[error("ring buffer record has unknown kind {kind}")]
     UnknownKind { kind: u32 },
+    #[error("network record has unknown action {action}, family {family} or protocol {protocol}")]
+    BadNetRecord {
+        action: u32,
+        family: u16,
+        protocol: u16,
+    },
 }
 
 /// Converts CLOCK_BOOTTIME nanoseconds to nanoseconds since the Unix epoch.
@@ -91,6 +114,7 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
         EVENT_EXEC => EXEC_DATA_OFFSET,
         EVENT_FILE => FILE_DATA_OFFSET,
         EVENT_FORK | EVENT_EXIT => SMALL_EVENT_LEN,
+        EVENT_NET => NET_EVENT_LEN,
         _ => return Err(DecodeError::UnknownKind { kind }),
     };
     if record.len() < min_len {
@@ -123,9 +147,62 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
             time_ns,
             exit_status: Some(r.u32(24) as i32),
         }),
+        EVENT_NET => Fact::Net(decode_net(&r, pid, time_ns)?),
         _ => Fact::File(decode_file(&r, pid, start_ticks, time_ns)),
     };
     Ok(fact)
+}
+
+fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, DecodeError> {
+    let action = r.u32(24);
+    let flags = r.u32(28);
+    let family = r.u16(36);
+    let protocol = r.u16(38);
+    let bad = DecodeError::BadNetRecord {
+        action,
+        family,
+        protocol,
+    };
+    let proto = match (family, protocol) {
+        (AF_INET, IPPROTO_TCP) => Proto::Tcp4,
+        (AF_INET6, IPPROTO_TCP) => Proto::Tcp6,
+        (AF_INET, IPPROTO_UDP) => Proto::Udp4,
+        (AF_INET6, IPPROTO_UDP) => Proto::Udp6,
+        _ => return Err(bad),
+    };
+    let action = match (action, proto.is_tcp()) {
+        (NET_TCP_CONNECT, true) => KernelAction::TcpConnect,
+        (NET_TCP_ACCEPT, true) => KernelAction::TcpAccept,
+        (NET_TCP_CLOSE, true) => KernelAction::TcpClose,
+        (NET_UDP_SEND, false) => KernelAction::UdpSend,
+        (NET_UDP_RECV, false) => KernelAction::UdpReceive,
+        _ => return Err(bad),
+    };
+    let address = |at: usize, port: u16| -> SocketAddr {
+        let bytes = r.slice(at, 16);
+        if family == AF_INET {
+            let octets: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(octets)), port)
+        } else {
+            let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port)
+        }
+    };
+    let comm = r.slice(88, 16);
+    let comm_len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    Ok(KernelNetEvent {
+        action,
+        proto,
+        local: address(48, r.u16(40)),
+        remote: address(64, r.u16(42)),
+        netns: u64::from(r.u32(32)),
+        pid,
+        start_ticks: r.u64(16),
+        comm: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
+        time_ns,
+        outgoing: flags & 1 != 0 && proto.is_tcp(),
+        udp_connected: flags & NET_FLAG_UDP_CONNECTED != 0 && !proto.is_tcp(),
+    })
 }
 
 fn decode_exec_details(r: &Reader<'_>) -> ExecDetails {

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use picket_event::{types, Record};
 
 use super::discover::Discovery;
+use super::kernel::KernelFlows;
 use super::procfs::{self, Proto};
 use super::record::{self, Attributor};
 use super::sys::{self, FilterInstruction};
@@ -46,6 +47,13 @@ const PACKETS_PER_TURN: usize = 256;
 const OWNER_LOOKUPS_PER_TURN: usize = 64;
 
 const DNS_PORT: u16 = 53;
+
+/// How long a response waits for the kernel to name the process behind its
+/// port, in the eBPF tier. The send that precedes a response is reported
+/// through the ring buffer, whose reader wakes at least every 20 ms.
+const KERNEL_OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Responses held back at once; past it they are attributed right away.
+const MAX_DEFERRED: usize = 4096;
 
 /// Classic BPF program run on the network header (`SOCK_DGRAM` sockets see
 /// no link header): accept UDP from port 53 addressed to this namespace
@@ -290,6 +298,7 @@ pub(crate) fn start(
     stats: Arc<NetStats>,
     stop: Arc<AtomicBool>,
     proc_root: PathBuf,
+    kernel: Option<Arc<KernelFlows>>,
 ) -> io::Result<(CaptureHandle, std::thread::JoinHandle<()>)> {
     let (commands, receiver) = mpsc::channel();
     let pids = Arc::new(Mutex::new(HashMap::new()));
@@ -300,6 +309,8 @@ pub(crate) fn start(
         pids: pids.clone(),
         proc_root: proc_root.clone(),
         sockets: Vec::new(),
+        kernel,
+        deferred: std::collections::VecDeque::new(),
     };
     let thread = std::thread::Builder::new()
         .name("picket-net-dns".into())
@@ -324,6 +335,19 @@ struct Reader {
     pids: Arc<Mutex<HashMap<u64, Vec<u32>>>>,
     proc_root: PathBuf,
     sockets: Vec<(u64, OwnedFd)>,
+    /// The eBPF tier's tables, when it runs.
+    kernel: Option<Arc<KernelFlows>>,
+    /// Responses waiting for the kernel to name their process, oldest first.
+    deferred: std::collections::VecDeque<Response>,
+}
+
+/// A parsed DNS response and where it was seen.
+struct Response {
+    netns: u64,
+    destination: SocketAddr,
+    message: dns::Message,
+    /// Until when it may wait for its process.
+    deadline: std::time::Instant,
 }
 
 impl Reader {
@@ -336,13 +360,17 @@ impl Reader {
                     Command::Remove { netns } => self.sockets.retain(|(n, _)| *n != netns),
                 }
             }
+            if !self.flush_deferred(sink, false) {
+                return;
+            }
             if self.sockets.is_empty() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
 
             let fds: Vec<_> = self.sockets.iter().map(|(_, s)| s.as_raw_fd()).collect();
-            let ready = match sys::poll_readable(&fds, 100) {
+            let timeout = if self.deferred.is_empty() { 100 } else { 20 };
+            let ready = match sys::poll_readable(&fds, timeout) {
                 Ok(ready) => ready,
                 Err(error) => {
                     tracing::error!(%error, "dns capture poll failed; capture stopped");
@@ -377,6 +405,8 @@ impl Reader {
                 }
             }
         }
+        // Responses still waiting go out with what /proc can tell.
+        let _ = self.flush_deferred(sink, true);
     }
 
     fn handle_packet(
@@ -414,25 +444,91 @@ impl Reader {
         if message.answers.is_empty() {
             return Vec::new();
         }
+        let response = Response {
+            netns,
+            destination: datagram.destination,
+            message,
+            deadline: std::time::Instant::now() + KERNEL_OWNER_WAIT,
+        };
+        if let Some(kernel) = &self.kernel {
+            if let Some(owner) = kernel.udp_owner(netns, response.destination.port()) {
+                return self.records(&response, Some(owner));
+            }
+            if self.deferred.len() < MAX_DEFERRED {
+                NetStats::add(&self.stats.dns_deferred, 1);
+                self.deferred.push_back(response);
+                return Vec::new();
+            }
+        }
+        self.attribute(&response, lookups_left)
+    }
 
+    /// Sends the records of deferred responses whose process the kernel
+    /// has named, or whose wait ended (all of them when `all`); false once
+    /// the receiver is closed.
+    fn flush_deferred(&mut self, sink: &Sink, all: bool) -> bool {
+        let Some(kernel) = self.kernel.clone() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let mut lookups_left = OWNER_LOOKUPS_PER_TURN;
+        let mut waiting = std::collections::VecDeque::new();
+        while let Some(response) = self.deferred.pop_front() {
+            let owner = kernel.udp_owner(response.netns, response.destination.port());
+            let records = match owner {
+                Some(owner) => self.records(&response, Some(owner)),
+                None if all || response.deadline <= now => {
+                    self.attribute(&response, &mut lookups_left)
+                }
+                None => {
+                    waiting.push_back(response);
+                    continue;
+                }
+            };
+            for record in records {
+                if !sink.send(record) {
+                    return false;
+                }
+            }
+        }
+        self.deferred = waiting;
+        true
+    }
+
+    /// Records of a response whose process is looked up in the namespace's
+    /// socket tables, or stands as the namespace's container.
+    fn attribute(&mut self, response: &Response, lookups_left: &mut usize) -> Vec<Record> {
         let pids = self
             .pids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&netns)
+            .get(&response.netns)
             .cloned()
             .unwrap_or_default();
         let owner = if *lookups_left > 0 {
             *lookups_left -= 1;
-            self.owner_of(&pids, &datagram.destination)
+            self.owner_of(&pids, &response.destination)
         } else {
             None
         };
-        let container = match &owner {
-            Some(_) => None,
-            None => self.attributor.namespace_container(&pids),
-        };
+        match owner {
+            Some(owner) => self.records(response, Some(owner)),
+            None => {
+                let container = self.attributor.namespace_container(&pids);
+                let mut records = self.records(response, None);
+                if let Some(container) = container {
+                    for record in &mut records {
+                        record.set(types::container::KEY, container.clone());
+                    }
+                }
+                records
+            }
+        }
+    }
 
+    /// One `DNS_REQUEST` per answer.
+    fn records(&self, response: &Response, owner: Option<record::ProcessContext>) -> Vec<Record> {
+        let message = &response.message;
         NetStats::add(&self.stats.dns_answers, message.answers.len() as u64);
         message
             .answers
@@ -445,7 +541,7 @@ impl Reader {
                     .set("DNS_TYPE", answer.rtype)
                     .set("DNS_FLAGS", message.flags)
                     .set("MESSAGE_ID", message.id)
-                    .set("NETWORK_NAMESPACE", netns)
+                    .set("NETWORK_NAMESPACE", response.netns)
                     .set("TIMESTAMP", event_time);
                 if let Some(question) = message.questions.first() {
                     record.set("QUESTION", question.name.clone());
@@ -456,13 +552,8 @@ impl Reader {
                     RecordData::Cname(target) => record.set("CNAME", target.clone()),
                     RecordData::Other { .. } => &mut record,
                 };
-                match &owner {
-                    Some(process) => record::set_process(&mut record, process),
-                    None => {
-                        if let Some(container) = &container {
-                            record.set(types::container::KEY, container.clone());
-                        }
-                    }
+                if let Some(process) = &owner {
+                    record::set_process(&mut record, process);
                 }
                 record
             })

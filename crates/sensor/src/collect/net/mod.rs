@@ -15,8 +15,11 @@
 //!   joined the namespace. A packet socket stays bound to the namespace it
 //!   was created in, so one reader thread serves all of them.
 //!
-//! Kernel hooks at connect/accept/close (the eBPF tier) are not part of this
-//! module yet; every record here comes from the polling tier or the capture.
+//! - **Kernel reports** ([`kernel`]): with the eBPF tier, its programs
+//!   report TCP connects, accepts and closes and each UDP socket's peers as
+//!   they happen, with the process. The poller then only reports flows the
+//!   kernel did not (those older than the sensor, or lost), and the capture
+//!   learns the process behind each DNS client port from the sends.
 //!
 //! Entry point: [`spawn`]. It needs read access to `$HOST_FS/proc` (which
 //! works without `hostPID`). The DNS capture and sock_diag also need
@@ -27,6 +30,7 @@
 pub mod capture;
 pub mod diag;
 pub mod discover;
+pub mod kernel;
 pub mod poll;
 pub mod procfs;
 mod record;
@@ -132,6 +136,10 @@ pub struct NetStats {
     pub dns_answers: AtomicU64,
     /// Records not delivered because the receiver was closed.
     pub records_undelivered: AtomicU64,
+    /// Reports received from the eBPF tier's network programs.
+    pub kernel_events: AtomicU64,
+    /// DNS responses held back until the kernel named their process.
+    pub dns_deferred: AtomicU64,
 }
 
 impl NetStats {
@@ -164,6 +172,8 @@ impl NetStats {
             ("dns_answers_dropped", load(&self.dns_answers_dropped)),
             ("dns_answers", load(&self.dns_answers)),
             ("records_undelivered", load(&self.records_undelivered)),
+            ("kernel_events", load(&self.kernel_events)),
+            ("dns_deferred", load(&self.dns_deferred)),
         ]
     }
 }
@@ -210,8 +220,9 @@ impl Sink {
 
 /// Starts the polling collector and, when enabled, the DNS capture, on their
 /// own threads. `host_fs` is where the host's `/` is mounted (`HOST_FS`);
-/// `net_ns` is the `NET_NS` directory, if set. Records go to `tx` until it is
-/// closed or [`NetHandle::stop`] is called.
+/// `net_ns` is the `NET_NS` directory, if set. `kernel` carries the eBPF
+/// tier's network reports when that tier runs. Records go to `tx` until it
+/// is closed or [`NetHandle::stop`] is called.
 ///
 /// Must be called outside a tokio runtime's worker context or from one; the
 /// threads it starts use `blocking_send`, never the runtime.
@@ -220,6 +231,7 @@ pub fn spawn(
     host_fs: PathBuf,
     net_ns: Option<PathBuf>,
     containers: Arc<dyn ContainerLookup>,
+    kernel: Option<std::sync::mpsc::Receiver<kernel::KernelNetEvent>>,
     tx: tokio::sync::mpsc::Sender<Record>,
 ) -> std::io::Result<NetHandle> {
     let stats = Arc::new(NetStats::default());
@@ -231,6 +243,29 @@ pub fn spawn(
     let proc_root = host_fs.join("proc");
     let mut threads = Vec::new();
 
+    let flows = match kernel {
+        Some(events) => {
+            let flows = Arc::new(kernel::KernelFlows::default());
+            let attributor = Attributor::new(&host_fs, containers.clone());
+            let (shared, hostname, stats, sink, stop) = (
+                flows.clone(),
+                config.hostname.clone(),
+                stats.clone(),
+                sink.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("picket-net-kernel".into())
+                    .spawn(move || {
+                        kernel::run(events, shared, attributor, hostname, stats, sink, stop)
+                    })?,
+            );
+            Some(flows)
+        }
+        None => None,
+    };
+
     let capture = if config.dns_capture {
         let (handle, thread) = capture::start(
             config.hostname.clone(),
@@ -239,6 +274,7 @@ pub fn spawn(
             stats.clone(),
             stop.clone(),
             proc_root.clone(),
+            flows.clone(),
         )?;
         threads.push(thread);
         Some(handle)
@@ -253,6 +289,7 @@ pub fn spawn(
         Attributor::new(&host_fs, containers),
         stats.clone(),
         capture,
+        flows.clone(),
     );
     let poll_stop = stop.clone();
     threads.push(
@@ -262,7 +299,7 @@ pub fn spawn(
     );
 
     tracing::info!(
-        tier = "procpoll",
+        connections = if flows.is_some() { "ebpf" } else { "procpoll" },
         interval_ms = config.poll_interval.as_millis() as u64,
         dns_capture = config.dns_capture,
         "network collector started"

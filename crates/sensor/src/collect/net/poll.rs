@@ -6,6 +6,12 @@
 //! UDP socket is reported once when it appears, and its later peers are not.
 //! TCP connections still in the accept queue have no inode and no process
 //! until the server accepts them.
+//!
+//! With the eBPF tier's reports ([`KernelFlows`]), the first pass still
+//! reports every connection open at start, and later passes report only a
+//! TCP flow the kernel did not, once it was seen in two passes (so a report
+//! still in the ring buffer is not raced). UDP sockets are then reported by
+//! the kernel only, per peer.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -20,6 +26,7 @@ use serde_json::Value;
 
 use super::capture::CaptureHandle;
 use super::discover::{self, Discovery, NetnsDir};
+use super::kernel::KernelFlows;
 use super::procfs::{self, tcp_state, Proto, SocketEntry};
 use super::record::{self, Attributor, Connection, ProcessContext};
 use super::{diag, sys, NetConfig, NetStats, Sink};
@@ -27,10 +34,10 @@ use super::{diag, sys, NetConfig, NetStats, Sink};
 /// A TCP flow is keyed by its endpoints; a later flow on the same four-tuple
 /// after this one closed is a new flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FlowKey {
-    proto: Proto,
-    local: SocketAddr,
-    remote: SocketAddr,
+pub(crate) struct FlowKey {
+    pub(crate) proto: Proto,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +50,10 @@ struct Flow {
     announced: bool,
     /// Passes the flow was seen without an owner.
     unowned_passes: u8,
+    /// Passes the flow was seen in.
+    seen_passes: u8,
+    /// The kernel reported this flow; the poller reports nothing about it.
+    by_kernel: bool,
 }
 
 /// Passes a flow waits for its owner (a socket still in the accept queue has
@@ -85,6 +96,10 @@ pub struct Poller {
     namespaces: HashMap<u64, NamespaceState>,
     last_summary: Instant,
     diag_warned: bool,
+    /// Flows the eBPF tier reported, when it runs.
+    kernel: Option<Arc<KernelFlows>>,
+    /// No pass has completed yet: flows seen now predate the sensor.
+    first_pass: bool,
 }
 
 impl Poller {
@@ -95,6 +110,7 @@ impl Poller {
         attributor: Attributor,
         stats: Arc<NetStats>,
         capture: Option<CaptureHandle>,
+        kernel: Option<Arc<KernelFlows>>,
     ) -> Self {
         Poller {
             config,
@@ -106,6 +122,8 @@ impl Poller {
             namespaces: HashMap::new(),
             last_summary: Instant::now(),
             diag_warned: false,
+            kernel,
+            first_pass: true,
         }
     }
 
@@ -159,6 +177,7 @@ impl Poller {
             self.last_summary = Instant::now();
             records.extend(self.summaries());
         }
+        self.first_pass = false;
         records
     }
 
@@ -321,12 +340,17 @@ impl Poller {
                 owner: None,
                 announced: false,
                 unowned_passes: 0,
+                seen_passes: 0,
+                by_kernel: false,
             });
+            flow.seen_passes = flow.seen_passes.saturating_add(1);
             flow.state = entry.state;
             if flow.inode == 0 {
                 flow.inode = entry.inode;
             }
         }
+        // Past the first pass the kernel reports new UDP peers itself.
+        let udp_by_kernel = self.kernel.is_some() && !self.first_pass;
         for (key, entry) in &udp_now {
             state.udp.entry(*key).or_insert_with(|| Flow {
                 inode: entry.inode,
@@ -336,8 +360,10 @@ impl Poller {
                 outgoing: entry.state == tcp_state::ESTABLISHED,
                 first_seen_ms: now_ms,
                 owner: None,
-                announced: false,
+                announced: udp_by_kernel,
                 unowned_passes: 0,
+                seen_passes: 0,
+                by_kernel: udp_by_kernel,
             });
         }
         self.assign_owners(&netns.pids, &mut state);
@@ -352,9 +378,21 @@ impl Poller {
         }
 
         // Announce flows that have an owner or waited long enough.
+        let kernel = self.kernel.as_deref();
+        let first_pass = self.first_pass;
         let mut announce = |key: &FlowKey, flow: &mut Flow, stats: &NetStats| {
             if flow.announced {
                 return;
+            }
+            if let Some(kernel) = kernel {
+                if kernel.has_tcp(netns.inode, key) {
+                    flow.announced = true;
+                    flow.by_kernel = true;
+                    return;
+                }
+                if !first_pass && flow.seen_passes < 2 {
+                    return;
+                }
             }
             if flow.owner.is_none() {
                 flow.unowned_passes += 1;
@@ -412,6 +450,14 @@ impl Poller {
         hostname: &str,
         records: &mut Vec<Record>,
     ) {
+        if flow.by_kernel {
+            return;
+        }
+        if let Some(kernel) = &self.kernel {
+            if !flow.announced && kernel.has_tcp(netns, key) {
+                return;
+            }
+        }
         let connection = connection_of(key, &flow, netns);
         if !flow.announced {
             NetStats::add(&self.stats.connections_new, 1);

@@ -82,6 +82,19 @@ impl Attributor {
         Some(context)
     }
 
+    /// Context of a process that exited before it could be read: its pid,
+    /// start time and command name as a kernel report gave them, and no
+    /// container.
+    pub fn gone_process(&self, pid: u32, start_ticks: u64, comm: &str) -> ProcessContext {
+        ProcessContext {
+            pid,
+            start_ticks,
+            comm: comm.to_owned(),
+            atom: atom::process_atom(&self.boot_id, pid, start_ticks),
+            container: None,
+        }
+    }
+
     /// Returns the container of a namespace when every process in `pids` agrees on
     /// it; `None` when they disagree or are host processes. A namespace maps
     /// to a pod rather than a container under Kubernetes, so this is only a

@@ -1,0 +1,252 @@
+//! Connections reported by the eBPF tier's network programs.
+//!
+//! The BPF programs (see `bpf/picket.bpf.c`) report a TCP connection when it
+//! is established outwards or accepted, and when it closes, and a UDP
+//! socket's first datagram to or from each peer. Each report names the
+//! process that connected, accepted or did the I/O, so flows far shorter
+//! than the poll interval arrive with their process.
+//!
+//! This module turns those reports into records and keeps two tables the
+//! other parts consult:
+//!
+//! - TCP flows the kernel reported, open or recently closed, so the poller
+//!   does not report them a second time; it still reports what the kernel
+//!   did not see (connections older than the sensor, and any lost in a full
+//!   ring buffer).
+//! - The process behind each UDP port of each namespace, learnt from its
+//!   sends, so the DNS capture can name the process a response is for even
+//!   after its socket closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use picket_event::Record;
+
+use super::poll::FlowKey;
+use super::procfs::{tcp_state, Proto};
+use super::record::{self, Attributor, Connection, ProcessContext};
+use super::{NetStats, Sink};
+
+/// What a kernel report says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAction {
+    /// An outgoing TCP connection completed its handshake.
+    TcpConnect,
+    /// A process accepted an incoming TCP connection.
+    TcpAccept,
+    /// A reported TCP connection closed.
+    TcpClose,
+    /// A UDP socket sent its first datagram to a peer.
+    UdpSend,
+    /// A UDP socket received its first datagram from a peer.
+    UdpReceive,
+}
+
+/// One network report of the eBPF tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelNetEvent {
+    pub action: KernelAction,
+    pub proto: Proto,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Inode of the socket's network namespace.
+    pub netns: u64,
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// Command name of the process when the report was made.
+    pub comm: String,
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// For TCP closes: the connection was outgoing.
+    pub outgoing: bool,
+    /// For UDP: the socket was connected to its peer.
+    pub udp_connected: bool,
+}
+
+/// How long a closed flow stays in [`KernelFlows`]: longer than a poll
+/// interval plus a pass, so the poller still finds it when its table read
+/// predates the close.
+const CLOSED_KEPT: Duration = Duration::from_secs(10);
+/// Age after which a UDP port's owner is forgotten.
+const UDP_OWNER_KEPT: Duration = Duration::from_secs(120);
+/// Most UDP owners kept; past it the oldest half is dropped.
+const MAX_UDP_OWNERS: usize = 65536;
+/// Most TCP flows kept; past it closed flows are dropped first.
+const MAX_TCP_FLOWS: usize = 262_144;
+
+#[derive(Default)]
+struct Tables {
+    /// `None` while open, else when the close was reported.
+    tcp: HashMap<(u64, FlowKey), Option<Instant>>,
+    udp_owners: HashMap<(u64, u16), (ProcessContext, Instant)>,
+}
+
+/// Tables shared between the kernel report thread, the poller and the DNS
+/// capture.
+#[derive(Default)]
+pub struct KernelFlows {
+    tables: Mutex<Tables>,
+}
+
+impl KernelFlows {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when the kernel reported this TCP flow, open or lately closed.
+    pub(crate) fn has_tcp(&self, netns: u64, key: &FlowKey) -> bool {
+        self.lock().tcp.contains_key(&(netns, *key))
+    }
+
+    /// The process that last used UDP port `port` in namespace `netns`.
+    pub(crate) fn udp_owner(&self, netns: u64, port: u16) -> Option<ProcessContext> {
+        self.lock()
+            .udp_owners
+            .get(&(netns, port))
+            .map(|(owner, _)| owner.clone())
+    }
+
+    fn open_tcp(&self, netns: u64, key: FlowKey) {
+        let mut tables = self.lock();
+        if tables.tcp.len() >= MAX_TCP_FLOWS {
+            tables.tcp.retain(|_, closed| closed.is_none());
+        }
+        tables.tcp.insert((netns, key), None);
+    }
+
+    fn close_tcp(&self, netns: u64, key: FlowKey) {
+        self.lock().tcp.insert((netns, key), Some(Instant::now()));
+    }
+
+    fn set_udp_owner(&self, netns: u64, port: u16, owner: ProcessContext) {
+        let mut tables = self.lock();
+        if tables.udp_owners.len() >= MAX_UDP_OWNERS {
+            let mut ages: Vec<Instant> = tables.udp_owners.values().map(|(_, at)| *at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            tables.udp_owners.retain(|_, (_, at)| *at > cut);
+        }
+        tables
+            .udp_owners
+            .insert((netns, port), (owner, Instant::now()));
+    }
+
+    fn prune(&self) {
+        let mut tables = self.lock();
+        tables
+            .tcp
+            .retain(|_, closed| closed.is_none_or(|at| at.elapsed() < CLOSED_KEPT));
+        tables
+            .udp_owners
+            .retain(|_, (_, at)| at.elapsed() < UDP_OWNER_KEPT);
+    }
+}
+
+/// Turns kernel reports from `events` into records until the channel closes
+/// or `stop` is set.
+pub(crate) fn run(
+    events: Receiver<KernelNetEvent>,
+    flows: Arc<KernelFlows>,
+    mut attributor: Attributor,
+    hostname: String,
+    stats: Arc<NetStats>,
+    sink: Sink,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_prune = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(event) => {
+                NetStats::add(&stats.kernel_events, 1);
+                let record = handle(&event, &flows, &mut attributor, &hostname, &stats);
+                if let Some(record) = record {
+                    if !sink.send(record) {
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if last_prune.elapsed() >= Duration::from_secs(1) {
+            last_prune = Instant::now();
+            flows.prune();
+        }
+    }
+}
+
+/// The process of a report: read from `/proc` while it runs, else (it
+/// exited, or its pid was reused) what the report itself carries.
+fn process_of(event: &KernelNetEvent, attributor: &mut Attributor) -> ProcessContext {
+    match attributor.context(event.pid) {
+        Some(context) if event.start_ticks == 0 || context.start_ticks == event.start_ticks => {
+            context
+        }
+        _ => attributor.gone_process(event.pid, event.start_ticks, &event.comm),
+    }
+}
+
+fn handle(
+    event: &KernelNetEvent,
+    flows: &KernelFlows,
+    attributor: &mut Attributor,
+    hostname: &str,
+    stats: &NetStats,
+) -> Option<Record> {
+    let key = FlowKey {
+        proto: event.proto,
+        local: event.local,
+        remote: event.remote,
+    };
+    let process = process_of(event, attributor);
+    let (event_type, outgoing, state) = match event.action {
+        KernelAction::TcpConnect | KernelAction::TcpAccept => {
+            flows.open_tcp(event.netns, key);
+            NetStats::add(&stats.connections_new, 1);
+            (
+                record::new_event_type(event.proto),
+                event.action == KernelAction::TcpConnect,
+                tcp_state::ESTABLISHED,
+            )
+        }
+        KernelAction::TcpClose => {
+            flows.close_tcp(event.netns, key);
+            NetStats::add(&stats.connections_terminated, 1);
+            (
+                record::terminate_event_type(event.proto)?,
+                event.outgoing,
+                tcp_state::CLOSE,
+            )
+        }
+        KernelAction::UdpSend | KernelAction::UdpReceive => {
+            flows.set_udp_owner(event.netns, event.local.port(), process.clone());
+            NetStats::add(&stats.connections_new, 1);
+            let state = if event.udp_connected {
+                tcp_state::ESTABLISHED
+            } else {
+                tcp_state::CLOSE
+            };
+            (
+                record::new_event_type(event.proto),
+                event.action == KernelAction::UdpSend,
+                state,
+            )
+        }
+    };
+    let connection = Connection::new(
+        event.proto,
+        event.local,
+        event.remote,
+        outgoing,
+        state,
+        event.netns,
+    );
+    let mut record = connection.record(event_type, hostname, Some(&process), None);
+    record.routing.event_time = event.time_ns / 1_000_000;
+    record.set("TIMESTAMP", event.time_ns / 1_000_000);
+    Some(record)
+}
