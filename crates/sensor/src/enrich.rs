@@ -61,7 +61,10 @@ use crate::collect::{
 use crate::hostfs::{self, HostFs};
 use crate::process::procfs::{self, KernelFacts, COMMAND_LINE_CAP};
 use crate::process::table::DEFAULT_CAPACITY;
-use crate::process::{Entry, Prefetch, ProcessInfo, ProcessKey, ProcessTable, ReadError};
+use crate::process::{
+    Entry, KnownProcess, Prefetch, ProcessInfo, ProcessKey, ProcessRegistry, ProcessTable,
+    ReadError,
+};
 
 /// Container attribution as enrichment uses it: `/proc/<pid>/cgroup` content
 /// in, the `CONTAINER` object out (`None` for host processes).
@@ -228,6 +231,8 @@ pub struct Enricher {
     code_hasher: Option<CodeHasher>,
     /// Records produced beside the one a fact maps to, sent after it.
     extra: Vec<Record>,
+    /// Where other threads look up processes by pid.
+    registry: Option<Arc<ProcessRegistry>>,
 }
 
 impl Enricher {
@@ -250,7 +255,29 @@ impl Enricher {
             prefetch: None,
             code_hasher: None,
             extra: Vec::new(),
+            registry: None,
         }
+    }
+
+    /// Records every process it learns of in `registry`, for threads that
+    /// get a pid from elsewhere (the network collector).
+    pub fn with_registry(mut self, registry: Arc<ProcessRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Adds `entry` to the table, and to the registry if there is one.
+    fn insert(&mut self, entry: Entry) {
+        if let Some(registry) = &self.registry {
+            let known = KnownProcess {
+                start_ticks: entry.info.start_ticks,
+                atom: process_atom(&self.boot_id, entry.info.pid, entry.info.start_ticks),
+                comm: String::from_utf8_lossy(&entry.info.comm).into_owned(),
+                container: entry.container.clone(),
+            };
+            registry.record(entry.info.pid, known);
+        }
+        self.table.insert(entry);
     }
 
     /// Reports the hash of each executable the first time it runs.
@@ -330,7 +357,7 @@ impl Enricher {
             announced: false,
             details_unavailable: parent.as_ref().is_none_or(|p| p.details_unavailable),
         };
-        self.table.insert(entry);
+        self.insert(entry);
     }
 
     fn on_exec(&mut self, exec: ExecFact) -> Option<Record> {
@@ -372,6 +399,9 @@ impl Enricher {
 
     fn on_exit(&mut self, exit: ExitFact) -> Option<Record> {
         let entry = self.table.remove(exit.pid, exit.start_ticks)?;
+        if let Some(registry) = &self.registry {
+            registry.exited(entry.info.pid, entry.info.start_ticks);
+        }
         if !entry.announced {
             bump(&self.stats.fork_only_exits);
             return None;
@@ -675,13 +705,13 @@ impl Enricher {
             announced: false,
             details_unavailable: false,
         };
-        self.table.insert(entry);
+        self.insert(entry);
         Some(key)
     }
 
     fn insert_announced(&mut self, mut entry: Entry) {
         entry.announced = true;
-        self.table.insert(entry);
+        self.insert(entry);
     }
 
     fn set_routing(&self, record: &mut Record, entry: &Entry) {

@@ -31,7 +31,7 @@ use crate::enrich::{ContainerLookup, Enricher, Stats};
 use crate::hostfs::HostFs;
 use crate::namespaces::{HostFacts, NsState};
 use crate::output::{self, Outbound};
-use crate::process::Prefetch;
+use crate::process::{Prefetch, ProcessRegistry};
 use crate::transport::{self, TransportConfig};
 
 /// Capacity of the fact queue between a tier and enrichment.
@@ -211,7 +211,7 @@ pub fn container_lookup(fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLooku
 fn start_network(
     config: &Config,
     host: &HostFacts,
-    kernel: Option<Receiver<KernelNetEvent>>,
+    kernel: Option<net::kernel::KernelInput>,
     outbound: Outbound,
 ) -> Option<(net::NetHandle, JoinHandle<()>)> {
     let mut resolver_config = ResolverConfig::default();
@@ -394,7 +394,14 @@ pub async fn run(
     drop(ctx);
     log_selection(&selection);
 
-    let kernel_reports = selection.kernel_network.is_ok().then_some(net_rx);
+    let registry = Arc::new(ProcessRegistry::default());
+    let kernel_reports = selection
+        .kernel_network
+        .is_ok()
+        .then(|| net::kernel::KernelInput {
+            events: net_rx,
+            processes: Some(registry.clone()),
+        });
     let network = start_network(&config, &host, kernel_reports, outbound.clone());
 
     let transport = match (config.key.clone(), transport_rx) {
@@ -422,7 +429,8 @@ pub async fn run(
         stats.clone(),
     )
     .with_prefetch(prefetch)
-    .with_code_hasher(hasher);
+    .with_code_hasher(hasher)
+    .with_registry(registry);
     let enrich_thread = std::thread::Builder::new().name("enrich".into()).spawn({
         let stop = stop.clone();
         move || {

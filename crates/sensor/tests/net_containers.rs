@@ -38,8 +38,8 @@ struct Scenario {
 }
 
 impl Scenario {
-    fn new() -> Scenario {
-        let prefix = format!("picket-net-{}", std::process::id());
+    fn new(label: &str) -> Scenario {
+        let prefix = format!("picket-net-{}-{label}", std::process::id());
         let network = format!("{prefix}-lan");
         run("docker", &["network", "create", &network]);
         Scenario {
@@ -164,18 +164,50 @@ export HOST_FS="$root/rootfs" NET_NS="$root/netns"
 exec "$@"
 "#;
 
+/// How the sensor child collects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Socket tables polled every 500 ms; the client holds each flow for
+    /// 2.5 s so a pass sees it.
+    Polling,
+    /// The eBPF tier's network programs feed the collector; the client's
+    /// flows and DNS sockets last a few milliseconds, far below the poll
+    /// interval, so only the kernel reports can see them.
+    Ebpf,
+}
+
 #[test]
 fn container_flows_and_dns_are_attributed() {
-    if !support::require(support::is_root(), "needs root")
-        || !support::require(
+    if prerequisites() {
+        scenario(Tier::Polling);
+    }
+}
+
+#[test]
+fn short_container_flows_and_dns_are_attributed_by_ebpf() {
+    if prerequisites() {
+        scenario(Tier::Ebpf);
+    }
+}
+
+fn prerequisites() -> bool {
+    support::require(support::is_root(), "needs root")
+        && support::require(
             support::docker_ready(),
             "needs docker and picket-test/busybox:latest",
         )
-    {
-        return;
-    }
+}
 
-    let mut scenario = Scenario::new();
+/// The sensor child sees every namespace on the host, so two scenarios at
+/// once would see each other's flows and DNS answers; they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn scenario(tier: Tier) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut scenario = Scenario::new(match tier {
+        Tier::Polling => "poll",
+        Tier::Ebpf => "ebpf",
+    });
     let resolver = scenario.start("dns", "resolver", &[]);
     let server = scenario.start("server", "server", &[]);
     let resolver_ip = scenario.ip(&resolver);
@@ -183,22 +215,30 @@ fn container_flows_and_dns_are_attributed() {
     std::thread::sleep(Duration::from_millis(500));
     let server_pids = scenario.pids(&server);
 
+    let sensor_env: &[(&str, &str)] = match tier {
+        Tier::Polling => &[],
+        Tier::Ebpf => &[("PICKET_NET_EBPF", "1")],
+    };
     let sensor = SensorChild::start(
         "helper_entry",
         &format!("exec unshare -m --propagation private sh -c '{CONTRACT_WRAPPER}' sh \"$@\""),
-        &[],
+        sensor_env,
     );
     // The first pass has run; the client's namespace is created after the
     // NET_NS bind, so only its processes' ns/net links show it.
     std::thread::sleep(Duration::from_millis(1200));
-    let client = scenario.start(
-        "client",
-        "client",
-        &[
-            ("PICKET_SERVER_IP", server_ip.clone()),
-            ("PICKET_RESOLVER_IP", resolver_ip.clone()),
-        ],
-    );
+    let mut client_env = vec![
+        ("PICKET_SERVER_IP", server_ip.clone()),
+        ("PICKET_RESOLVER_IP", resolver_ip.clone()),
+    ];
+    if tier == Tier::Ebpf {
+        client_env.extend([
+            ("PICKET_HOLD_MS", "0".to_owned()),
+            ("PICKET_DNS_LINGER_MS", "0".to_owned()),
+            ("PICKET_START_DELAY_MS", "3000".to_owned()),
+        ]);
+    }
+    let client = scenario.start("client", "client", &client_env);
     let client_ip = scenario.ip(&client);
     let client_name = format!("{}-client", scenario.prefix);
     let server_name = format!("{}-server", scenario.prefix);
@@ -342,4 +382,24 @@ fn container_flows_and_dns_are_attributed() {
         output.stats
     );
     assert_eq!(output.stats["dns_malformed"], 0);
+
+    if tier == Tier::Ebpf {
+        // Reported once although both the kernel and the poller could see it.
+        let same_flow = |event_type| {
+            of_type(records, event_type)
+                .into_iter()
+                .filter(|r| {
+                    r["event"]["SOURCE"] == outgoing["event"]["SOURCE"]
+                        && container_id(r) == Some(&client)
+                })
+                .count()
+        };
+        assert_eq!(same_flow("NEW_TCP4_CONNECTION"), 1, "{records:#?}");
+        assert_eq!(same_flow("TERMINATE_TCP4_CONNECTION"), 1, "{records:#?}");
+        assert!(
+            output.stats["kernel_events"].as_u64() >= Some(6),
+            "{}",
+            output.stats
+        );
+    }
 }

@@ -3,8 +3,10 @@
 
 pub mod prefetch;
 pub mod procfs;
+pub mod registry;
 pub mod table;
 
 pub use prefetch::Prefetch;
 pub use procfs::{read_process, ProcessInfo, ReadError};
+pub use registry::{KnownProcess, ProcessRegistry};
 pub use table::{Entry, ProcessKey, ProcessTable};

@@ -95,9 +95,30 @@ pub fn sensor_child_main() {
             "ebpf network programs unavailable: {:?}",
             tier.network_unavailable
         );
-        std::thread::spawn(move || for _fact in fact_rx {});
+        // Enrichment runs as in the sensor, so reports of processes that
+        // exited before /proc was read keep their container.
+        let registry = Arc::new(picket_sensor::process::ProcessRegistry::default());
+        let fs = picket_sensor::hostfs::HostFs::new(&host_fs);
+        let mut enricher = picket_sensor::enrich::Enricher::new(
+            fs.clone(),
+            picket_sensor::namespaces::read_boot_id(&fs),
+            "test-host".into(),
+            Box::new(ResolverAdapter(
+                picket_sensor::container::ContainerResolver::new(&host_fs),
+            )),
+            Arc::new(picket_sensor::enrich::Stats::default()),
+        )
+        .with_registry(registry.clone());
+        std::thread::spawn(move || {
+            for fact in fact_rx {
+                enricher.handle(fact, &mut |_| {});
+            }
+        });
         ebpf_tier = Some(tier);
-        Some(net_rx)
+        Some(net::kernel::KernelInput {
+            events: net_rx,
+            processes: Some(registry),
+        })
     } else {
         None
     };
@@ -124,6 +145,17 @@ pub fn sensor_child_main() {
     drop(rx);
     drop(ebpf_tier);
     handle.stop();
+}
+
+/// The container resolver as enrichment's lookup.
+struct ResolverAdapter(picket_sensor::container::ContainerResolver);
+
+impl picket_sensor::enrich::ContainerLookup for ResolverAdapter {
+    fn lookup(&mut self, cgroup_text: &str) -> Option<Arc<Value>> {
+        self.0
+            .resolve(cgroup_text)
+            .map(|info| Arc::new(info.to_json()))
+    }
 }
 
 /// A running sensor child and the lines it printed so far.

@@ -98,21 +98,30 @@ fn server() {
     }
 }
 
-/// Holds a TCP connection and a connected UDP socket for a few seconds each,
-/// so at least one poll sees them, then looks up two names with sockets kept
-/// open for a moment after the answer.
+/// Holds a TCP connection and a connected UDP socket for a few seconds each
+/// (`PICKET_HOLD_MS`), so at least one poll sees them, then looks up two
+/// names with sockets kept open for a moment after the answer
+/// (`PICKET_DNS_LINGER_MS`).
 fn client() {
     let server: IpAddr = std::env::var("PICKET_SERVER_IP").unwrap().parse().unwrap();
     let resolver: IpAddr = std::env::var("PICKET_RESOLVER_IP")
         .unwrap()
         .parse()
         .unwrap();
-    let hold = Duration::from_millis(
-        std::env::var("PICKET_HOLD_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2500),
-    );
+    let millis = |name: &str, default: u64| {
+        Duration::from_millis(
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    // Time each flow stays open, time each DNS socket stays open after its
+    // answer, and a pause before anything starts (so a test can list the
+    // client's pids first).
+    let hold = millis("PICKET_HOLD_MS", 2500);
+    let linger = millis("PICKET_DNS_LINGER_MS", 800);
+    std::thread::sleep(millis("PICKET_START_DELAY_MS", 0));
 
     let mut tcp = TcpStream::connect((server, TCP_PORT)).expect("client connects over tcp");
     tcp.write_all(b"hello").unwrap();
@@ -143,6 +152,6 @@ fn client() {
         let len = socket.recv(&mut buf).expect("dns answer arrives");
         let message = dns::parse_response(&buf[..len]).expect("resolver answer parses");
         assert_eq!(message.id, id);
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(linger);
     }
 }

@@ -414,4 +414,85 @@ mod tests {
         assert_eq!(exe_kind(0, TMPFS_MAGIC, 1, b"/run"), ExeKind::Regular);
         assert_eq!(exe_kind(FLAG_EXEC_FDPATH, 0xef53, 1, b""), ExeKind::Fd);
     }
+
+    fn net_record(action: u32, family: u16, protocol: u16, flags: u32) -> Vec<u8> {
+        let mut rec = vec![0u8; NET_EVENT_LEN];
+        rec[0..4].copy_from_slice(&EVENT_NET.to_ne_bytes());
+        rec[4..8].copy_from_slice(&4242u32.to_ne_bytes());
+        rec[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        rec[16..24].copy_from_slice(&99u64.to_ne_bytes());
+        rec[24..28].copy_from_slice(&action.to_ne_bytes());
+        rec[28..32].copy_from_slice(&flags.to_ne_bytes());
+        rec[32..36].copy_from_slice(&4026531993u32.to_ne_bytes());
+        rec[36..38].copy_from_slice(&family.to_ne_bytes());
+        rec[38..40].copy_from_slice(&protocol.to_ne_bytes());
+        rec[40..42].copy_from_slice(&40000u16.to_ne_bytes());
+        rec[42..44].copy_from_slice(&53u16.to_ne_bytes());
+        rec[88..92].copy_from_slice(b"curl");
+        rec
+    }
+
+    #[test]
+    fn tcp4_connect_decodes() {
+        let mut rec = net_record(NET_TCP_CONNECT, AF_INET, IPPROTO_TCP, 1);
+        rec[48..52].copy_from_slice(&[10, 0, 0, 2]);
+        rec[64..68].copy_from_slice(&[10, 0, 0, 9]);
+        let Fact::Net(event) = decode(&rec, &Identity).unwrap() else {
+            panic!("not a network fact");
+        };
+        assert_eq!(event.action, KernelAction::TcpConnect);
+        assert_eq!(event.proto, Proto::Tcp4);
+        assert_eq!(event.local, "10.0.0.2:40000".parse().unwrap());
+        assert_eq!(event.remote, "10.0.0.9:53".parse().unwrap());
+        assert_eq!(event.netns, 4026531993);
+        assert_eq!((event.pid, event.start_ticks), (4242, 99));
+        assert_eq!(event.comm, "curl");
+        assert!(event.outgoing);
+        assert!(!event.udp_connected);
+    }
+
+    #[test]
+    fn udp6_receive_decodes() {
+        let mut rec = net_record(NET_UDP_RECV, AF_INET6, IPPROTO_UDP, NET_FLAG_UDP_CONNECTED);
+        rec[48..64].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        rec[64..80].copy_from_slice(&"fd00::53".parse::<Ipv6Addr>().unwrap().octets());
+        let Fact::Net(event) = decode(&rec, &Identity).unwrap() else {
+            panic!("not a network fact");
+        };
+        assert_eq!(event.action, KernelAction::UdpReceive);
+        assert_eq!(event.proto, Proto::Udp6);
+        assert_eq!(event.local, "[::1]:40000".parse().unwrap());
+        assert_eq!(event.remote, "[fd00::53]:53".parse().unwrap());
+        assert!(event.udp_connected);
+        assert!(!event.outgoing, "direction of UDP comes from the action");
+    }
+
+    #[test]
+    fn net_record_with_unknown_values_is_rejected() {
+        for (action, family, protocol) in [
+            (NET_TCP_CONNECT, 1, IPPROTO_TCP),
+            (NET_TCP_CONNECT, AF_INET, 132),
+            (NET_UDP_SEND, AF_INET, IPPROTO_TCP),
+            (NET_TCP_CLOSE, AF_INET, IPPROTO_UDP),
+            (9, AF_INET, IPPROTO_TCP),
+        ] {
+            let rec = net_record(action, family, protocol, 0);
+            assert_eq!(
+                decode(&rec, &Identity),
+                Err(DecodeError::BadNetRecord {
+                    action,
+                    family,
+                    protocol
+                })
+            );
+        }
+        let short = &net_record(NET_TCP_CONNECT, AF_INET, IPPROTO_TCP, 0)[..80];
+        assert!(matches!(
+            decode(short, &Identity),
+            Err(DecodeError::Short {
+                kind: EVENT_NET,
+                ..
+            })
+        ));
+    }
 }

@@ -30,6 +30,7 @@ use super::poll::FlowKey;
 use super::procfs::{tcp_state, Proto};
 use super::record::{self, Attributor, Connection, ProcessContext};
 use super::{NetStats, Sink};
+use crate::process::ProcessRegistry;
 
 /// What a kernel report says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,15 @@ pub struct KernelNetEvent {
     pub outgoing: bool,
     /// For UDP: the socket was connected to its peer.
     pub udp_connected: bool,
+}
+
+/// What the network collector needs from the eBPF tier.
+pub struct KernelInput {
+    /// The tier's network reports.
+    pub events: Receiver<KernelNetEvent>,
+    /// Processes the enricher knows, for reports whose process exited
+    /// before `/proc` could be read.
+    pub processes: Option<Arc<ProcessRegistry>>,
 }
 
 /// How long a closed flow stays in [`KernelFlows`]: longer than a poll
@@ -149,7 +159,7 @@ impl KernelFlows {
 /// Turns kernel reports from `events` into records until the channel closes
 /// or `stop` is set.
 pub(crate) fn run(
-    events: Receiver<KernelNetEvent>,
+    input: KernelInput,
     flows: Arc<KernelFlows>,
     mut attributor: Attributor,
     hostname: String,
@@ -157,12 +167,14 @@ pub(crate) fn run(
     sink: Sink,
     stop: Arc<AtomicBool>,
 ) {
+    let KernelInput { events, processes } = input;
     let mut last_prune = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         match events.recv_timeout(Duration::from_millis(200)) {
             Ok(event) => {
                 NetStats::add(&stats.kernel_events, 1);
-                let record = handle(&event, &flows, &mut attributor, &hostname, &stats);
+                let process = process_of(&event, processes.as_deref(), &mut attributor);
+                let record = handle(&event, process, &flows, &hostname, &stats);
                 if let Some(record) = record {
                     if !sink.send(record) {
                         return;
@@ -179,9 +191,23 @@ pub(crate) fn run(
     }
 }
 
-/// The process of a report: read from `/proc` while it runs, else (it
-/// exited, or its pid was reused) what the report itself carries.
-fn process_of(event: &KernelNetEvent, attributor: &mut Attributor) -> ProcessContext {
+/// The process of a report: as the enricher knows it, else read from
+/// `/proc` while it runs, else (it exited, or its pid was reused) what the
+/// report itself carries.
+fn process_of(
+    event: &KernelNetEvent,
+    processes: Option<&ProcessRegistry>,
+    attributor: &mut Attributor,
+) -> ProcessContext {
+    if let Some(known) = processes.and_then(|p| p.get(event.pid, event.start_ticks)) {
+        return ProcessContext {
+            pid: event.pid,
+            start_ticks: known.start_ticks,
+            comm: known.comm,
+            atom: known.atom,
+            container: known.container.map(|c| (*c).clone()),
+        };
+    }
     match attributor.context(event.pid) {
         Some(context) if event.start_ticks == 0 || context.start_ticks == event.start_ticks => {
             context
@@ -192,8 +218,8 @@ fn process_of(event: &KernelNetEvent, attributor: &mut Attributor) -> ProcessCon
 
 fn handle(
     event: &KernelNetEvent,
+    process: ProcessContext,
     flows: &KernelFlows,
-    attributor: &mut Attributor,
     hostname: &str,
     stats: &NetStats,
 ) -> Option<Record> {
@@ -202,7 +228,6 @@ fn handle(
         local: event.local,
         remote: event.remote,
     };
-    let process = process_of(event, attributor);
     let (event_type, outgoing, state) = match event.action {
         KernelAction::TcpConnect | KernelAction::TcpAccept => {
             flows.open_tcp(event.netns, key);

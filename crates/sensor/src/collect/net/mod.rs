@@ -231,7 +231,7 @@ pub fn spawn(
     host_fs: PathBuf,
     net_ns: Option<PathBuf>,
     containers: Arc<dyn ContainerLookup>,
-    kernel: Option<std::sync::mpsc::Receiver<kernel::KernelNetEvent>>,
+    kernel: Option<kernel::KernelInput>,
     tx: tokio::sync::mpsc::Sender<Record>,
 ) -> std::io::Result<NetHandle> {
     let stats = Arc::new(NetStats::default());
@@ -244,7 +244,7 @@ pub fn spawn(
     let mut threads = Vec::new();
 
     let flows = match kernel {
-        Some(events) => {
+        Some(input) => {
             let flows = Arc::new(kernel::KernelFlows::default());
             let attributor = Attributor::new(&host_fs, containers.clone());
             let (shared, hostname, stats, sink, stop) = (
@@ -258,7 +258,7 @@ pub fn spawn(
                 std::thread::Builder::new()
                     .name("picket-net-kernel".into())
                     .spawn(move || {
-                        kernel::run(events, shared, attributor, hostname, stats, sink, stop)
+                        kernel::run(input, shared, attributor, hostname, stats, sink, stop)
                     })?,
             );
             Some(flows)
