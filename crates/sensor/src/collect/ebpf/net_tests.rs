@@ -1,0 +1,246 @@
+//! Network programs against the running kernel. The sockets live in a child
+//! process (python3), because the tier ignores its own process's UDP and
+//! accept calls. Each test checks the reports for that child's pid.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+use crate::collect::net::kernel::{KernelAction, KernelNetEvent};
+use crate::collect::net::procfs::Proto;
+
+struct Tier {
+    _handle: EbpfHandle,
+    _facts: Receiver<Fact>,
+    net: Receiver<KernelNetEvent>,
+}
+
+fn start_tier() -> Option<Tier> {
+    if let Err(error) = probe(Path::new("/")) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("eBPF test prerequisite missing: {error}");
+        }
+        println!("skipped: {error}");
+        return None;
+    }
+    let (tx, facts) = sync_channel(200_000);
+    let (net_tx, net) = sync_channel(200_000);
+    let config = EbpfConfig {
+        files: FileConfig {
+            enabled: false,
+            ..FileConfig::default()
+        },
+        ..EbpfConfig::default()
+    };
+    let handle = start_with_network(&config, tx, Some(net_tx))
+        .unwrap_or_else(|e| panic!("start failed after a successful probe: {e}"));
+    assert_eq!(handle.network_unavailable, None);
+    Some(Tier {
+        _handle: handle,
+        _facts: facts,
+        net,
+    })
+}
+
+/// Runs `script` in python3 and returns its pid and the JSON object it
+/// printed last.
+fn python(script: &str) -> (u32, Value) {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 runs (scripts/host-setup.sh installs it)");
+    assert!(
+        output.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let pid: u32 = lines.next().expect("pid line").parse().unwrap();
+    let result = serde_json::from_str(lines.last().expect("result line")).unwrap();
+    (pid, result)
+}
+
+/// Reports for `pid` until `done` holds or 5 s pass.
+fn reports_of(
+    tier: &Tier,
+    pid: u32,
+    mut done: impl FnMut(&[KernelNetEvent]) -> bool,
+) -> Vec<KernelNetEvent> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut kept = Vec::new();
+    while Instant::now() < deadline && !done(&kept) {
+        if let Ok(event) = tier.net.recv_timeout(Duration::from_millis(50)) {
+            if event.pid == pid {
+                kept.push(event);
+            }
+        }
+    }
+    kept
+}
+
+fn addr(value: &Value) -> SocketAddr {
+    let pair = value.as_array().expect("[host, port]");
+    let host = pair[0].as_str().unwrap();
+    let port = pair[1].as_u64().unwrap() as u16;
+    SocketAddr::new(host.parse().unwrap(), port)
+}
+
+const PRELUDE: &str = "import os, socket, json, time\nprint(os.getpid(), flush=True)\n";
+
+fn count(events: &[KernelNetEvent], action: KernelAction) -> usize {
+    events.iter().filter(|e| e.action == action).count()
+}
+
+#[test]
+fn tcp4_connect_accept_close_are_reported_once_each() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+c = socket.create_connection(s.getsockname())
+a, _ = s.accept()
+c.sendall(b'x'); a.recv(1)
+out = {{'client': c.getsockname(), 'server': s.getsockname()}}
+c.close(); a.close()
+# A refused connection: nothing listens on this port any more.
+s.close()
+try:
+    socket.create_connection(out['server'], timeout=2)
+except OSError:
+    pass
+print(json.dumps(out))"
+    ));
+    let client = addr(&ports["client"]);
+    let server = addr(&ports["server"]);
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpClose) >= 2);
+    let mut expected_close = 0;
+    for event in &events {
+        assert_eq!(event.proto, Proto::Tcp4);
+        assert_ne!(event.netns, 0);
+        assert_eq!(event.comm, "python3");
+        match event.action {
+            KernelAction::TcpConnect => {
+                assert_eq!((event.local, event.remote), (client, server));
+            }
+            KernelAction::TcpAccept => {
+                assert_eq!((event.local, event.remote), (server, client));
+            }
+            KernelAction::TcpClose => {
+                expected_close += 1;
+                // Endpoints are those of the open: by close the kernel may
+                // have released the local port.
+                if event.outgoing {
+                    assert_eq!((event.local, event.remote), (client, server));
+                } else {
+                    assert_eq!((event.local, event.remote), (server, client));
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(count(&events, KernelAction::TcpConnect), 1, "{events:#?}");
+    assert_eq!(count(&events, KernelAction::TcpAccept), 1, "{events:#?}");
+    assert_eq!(expected_close, 2, "{events:#?}");
+    // The refused connection never opened, so it is not reported.
+    std::thread::sleep(Duration::from_millis(300));
+    let late: Vec<_> = tier.net.try_iter().filter(|e| e.pid == pid).collect();
+    assert!(late.is_empty(), "refused connection reported: {late:#?}");
+}
+
+#[test]
+fn tcp6_and_mapped_ipv4_connections_are_reported() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+s = socket.socket(socket.AF_INET6); s.bind(('::', 0)); s.listen()
+port = s.getsockname()[1]
+c6 = socket.create_connection(('::1', port)); a6, _ = s.accept()
+c4 = socket.create_connection(('127.0.0.1', port)); a4, _ = s.accept()
+out = {{'c6': c6.getsockname()[:2], 'c4': c4.getsockname()[:2], 'a4': a4.getsockname()[:2]}}
+for x in (c6, a6, c4, a4): x.close()
+print(json.dumps(out))"
+    ));
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpClose) >= 4);
+    let c6 = addr(&ports["c6"]);
+    let connect6 = events
+        .iter()
+        .find(|e| e.action == KernelAction::TcpConnect && e.local == c6)
+        .unwrap_or_else(|| panic!("no ipv6 connect in {events:#?}"));
+    assert_eq!(connect6.proto, Proto::Tcp6);
+    // The IPv4 client came in on the dual-stack listener: its accepted
+    // socket is an IPv6 one with mapped addresses.
+    let a4 = addr(&ports["a4"]);
+    let accept4 = events
+        .iter()
+        .find(|e| e.action == KernelAction::TcpAccept && e.local == a4)
+        .unwrap_or_else(|| panic!("no mapped accept in {events:#?}"));
+    assert_eq!(accept4.proto, Proto::Tcp6);
+    let c4 = addr(&ports["c4"]);
+    let connect4 = events
+        .iter()
+        .find(|e| e.action == KernelAction::TcpConnect && e.local == c4)
+        .unwrap_or_else(|| panic!("no ipv4 connect in {events:#?}"));
+    assert_eq!(connect4.proto, Proto::Tcp4);
+    assert_eq!(count(&events, KernelAction::TcpClose), 4, "{events:#?}");
+}
+
+#[test]
+fn udp_peers_are_reported_once_per_socket_and_peer() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))
+for i in range(5):
+    s.sendto(b'a', r.getsockname())
+    r.recvfrom(16)
+# sendmsg and recvmsg with an address, from a second sender.
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.bind(('127.0.0.1', 0))
+m.sendmsg([b'b'], [], 0, r.getsockname())
+r.recvmsg(16)
+# A connected socket, then send and recv without addresses.
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); k.connect(r.getsockname())
+k.send(b'c'); r.recvfrom(16)
+out = {{'r': r.getsockname(), 's': s.getsockname(), 'm': m.getsockname(), 'k': k.getsockname()}}
+print(json.dumps(out))"
+    ));
+    let r = addr(&ports["r"]);
+    let s = addr(&ports["s"]);
+    let m = addr(&ports["m"]);
+    let k = addr(&ports["k"]);
+    let events = reports_of(&tier, pid, |e| e.len() >= 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut events = events;
+    events.extend(tier.net.try_iter().filter(|e| e.pid == pid));
+
+    let find = |action, local, remote| {
+        events
+            .iter()
+            .filter(|e| e.action == action && e.local == local && e.remote == remote)
+            .count()
+    };
+    // Five datagrams, one report per side.
+    assert_eq!(find(KernelAction::UdpSend, s, r), 1, "{events:#?}");
+    assert_eq!(find(KernelAction::UdpReceive, r, s), 1, "{events:#?}");
+    // sendmsg / recvmsg with addresses.
+    assert_eq!(find(KernelAction::UdpSend, m, r), 1, "{events:#?}");
+    assert_eq!(find(KernelAction::UdpReceive, r, m), 1, "{events:#?}");
+    // The connected socket's peer comes from the socket itself.
+    let connected: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == KernelAction::UdpSend && e.local == k)
+        .collect();
+    assert_eq!(connected.len(), 1, "{events:#?}");
+    assert_eq!(connected[0].remote, r);
+    assert!(connected[0].udp_connected);
+    assert_eq!(find(KernelAction::UdpReceive, r, k), 1, "{events:#?}");
+    assert!(events.iter().all(|e| e.proto == Proto::Udp4));
+    assert_eq!(events.len(), 6, "{events:#?}");
+}
