@@ -168,12 +168,17 @@ pub(crate) fn run(
     stop: Arc<AtomicBool>,
 ) {
     let KernelInput { events, processes } = input;
+    let mut cache = ContextCache::default();
     let mut last_prune = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         match events.recv_timeout(Duration::from_millis(200)) {
             Ok(event) => {
                 NetStats::add(&stats.kernel_events, 1);
-                let process = process_of(&event, processes.as_deref(), &mut attributor);
+                let process = cache.get(&event).unwrap_or_else(|| {
+                    let process = process_of(&event, processes.as_deref(), &mut attributor);
+                    cache.put(&event, &process);
+                    process
+                });
                 let record = handle(&event, process, &flows, &hostname, &stats);
                 if let Some(record) = record {
                     if !sink.send(record) {
@@ -188,6 +193,36 @@ pub(crate) fn run(
             last_prune = Instant::now();
             flows.prune();
         }
+    }
+}
+
+/// Process contexts by (pid, start time), so a busy process's reports do
+/// not each read `/proc`. Entries are refreshed after a while: container
+/// metadata can arrive after the process started.
+#[derive(Default)]
+struct ContextCache {
+    entries: HashMap<(u32, u64), (Instant, ProcessContext)>,
+}
+
+/// Age after which a cached context is looked up again.
+const CONTEXT_REFRESH: Duration = Duration::from_secs(5);
+/// Contexts kept; past it the cache is cleared.
+const MAX_CONTEXTS: usize = 16384;
+
+impl ContextCache {
+    fn get(&self, event: &KernelNetEvent) -> Option<ProcessContext> {
+        let (at, context) = self.entries.get(&(event.pid, event.start_ticks))?;
+        (event.start_ticks != 0 && at.elapsed() < CONTEXT_REFRESH).then(|| context.clone())
+    }
+
+    fn put(&mut self, event: &KernelNetEvent, context: &ProcessContext) {
+        if self.entries.len() >= MAX_CONTEXTS {
+            self.entries.clear();
+        }
+        self.entries.insert(
+            (event.pid, event.start_ticks),
+            (Instant::now(), context.clone()),
+        );
     }
 }
 
