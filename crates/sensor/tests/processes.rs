@@ -578,19 +578,13 @@ fn loader_and_libraries() -> (PathBuf, PathBuf) {
     (loader, libraries)
 }
 
-/// The sensor run as the deployment contract runs it: a privileged
-/// container with the host's / at /rootfs, no `--pid=host`, and a private
-/// cgroup namespace.
-#[test]
-fn deployment_contract_container() {
-    if !is_root() {
-        return skip_or_fail("needs root");
-    }
-    if let Err(reason) = docker_ready() {
-        return skip_or_fail(&reason);
-    }
-    let name = format!("core-it-sensor-{}", std::process::id());
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+/// Builds the `docker run` of the sensor under test as the deployment
+/// contract runs it: privileged, host network, the host's / at /rootfs, no
+/// `--pid=host`, and a private cgroup namespace. `docker_flags` go before
+/// the image and `sensor_args` after the sensor binary. The container is
+/// removed when it exits.
+fn contract_container_command(name: &str, docker_flags: &[&str], sensor_args: &[&str]) -> Command {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
     let binary = sensor_binary();
     let binary = binary.display();
     let mut command = Command::new("docker");
@@ -599,7 +593,7 @@ fn deployment_contract_container() {
         "--rm",
         "-i",
         "--name",
-        &name,
+        name,
         "--privileged",
         "--net=host",
         "--cgroupns=private",
@@ -612,6 +606,7 @@ fn deployment_contract_container() {
         "--env",
         "RUST_LOG=info",
     ]);
+    command.args(docker_flags);
     // A statically linked build (RUSTFLAGS='-C target-feature=+crt-static')
     // runs in the scratch image as is; the test build is dynamically linked
     // and borrows the host's loader and libc through the /rootfs mount.
@@ -641,11 +636,27 @@ fn deployment_contract_container() {
         }
     }
     command
-        // As the non-eBPF DaemonSet: eBPF is not tried, and netlink must be
-        // found unusable from the container's PID namespace.
-        .args(["--stdout", "--tier", "netlink"])
+        .args(sensor_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    command
+}
+
+/// The sensor run as the deployment contract runs it: a privileged
+/// container with the host's / at /rootfs, no `--pid=host`, and a private
+/// cgroup namespace.
+#[test]
+fn deployment_contract_container() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    if let Err(reason) = docker_ready() {
+        return skip_or_fail(&reason);
+    }
+    let name = format!("core-it-sensor-{}", std::process::id());
+    // As the non-eBPF DaemonSet: eBPF is not tried, and netlink must be
+    // found unusable from the container's PID namespace.
+    let mut command = contract_container_command(&name, &[], &["--stdout", "--tier", "netlink"]);
     let before = Container::run("contract-before", &["sleep", "120"]);
     let sensor = Sensor::attach(command.spawn().unwrap(), Some(name));
 
@@ -786,6 +797,142 @@ fn explain_cgroup_reads_stdin() {
     assert_eq!(report["runtime"], "docker");
 }
 
+/// Builds an installation key whose server is a closed loopback port, so
+/// the sensor spools every batch under its state dir.
+fn unreachable_server_key() -> String {
+    picket_event::key::InstallationKey {
+        url: "https://127.0.0.1:9".into(),
+        org_id: "2b1f0b8e-7c1a-4d44-9a0e-0f3f4f5e6a7b".into(),
+        key_id: "8d7c6b5a-4f3e-4d2c-8b1a-0f9e8d7c6b5a".into(),
+        secret: "a".repeat(64),
+        cert_sha256: "b".repeat(64),
+    }
+    .encode()
+}
+
+/// The eBPF tier in the deployment container (no `--pid=host`), spooling
+/// to a state dir: none of the sensor's own writes come back as FILE
+/// events. The BPF filter compares host tgids, so it must get the sensor's
+/// host tgid, not the pid inside the container's PID namespace.
+#[test]
+fn contract_container_skips_own_writes() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    if let Err(reason) = docker_ready() {
+        return skip_or_fail(&reason);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let control_dir = tempfile::tempdir().unwrap();
+    let name = format!("core-it-own-writes-{}", std::process::id());
+    let state_mount = format!("{}:/state", state.path().display());
+    let key = unreachable_server_key();
+    let mut command = contract_container_command(
+        &name,
+        &["-v", &state_mount],
+        &[
+            "-d",
+            &key,
+            "--stdout",
+            "--tier",
+            "ebpf",
+            "--state-dir",
+            "/state",
+        ],
+    );
+    let sensor = Sensor::attach(command.spawn().unwrap(), Some(name.clone()));
+
+    let connected = sensor.connected();
+    if connected["event"]["ACQUISITION_TIER"] != "ebpf" {
+        let reason = &connected["event"]["TIER_REASONS"]["ebpf"];
+        return skip_or_fail(&format!("the eBPF tier cannot run here: {reason}"));
+    }
+    assert_eq!(connected["event"]["NAMESPACES"]["PID_NAMESPACE"], "private");
+    let sensor_pid: u32 = container_host_pid(&name);
+    assert_ne!(
+        sensor_pid, 1,
+        "the container's init has a host pid other than 1"
+    );
+
+    // The first spooled batch creates a segment file, after the BPF
+    // programs are attached (CONNECTED comes once they are).
+    let spool = state.path().join("spool");
+    let deadline = Instant::now() + WAIT;
+    let segment_written = || {
+        std::fs::read_dir(&spool)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                entry.file_name().to_string_lossy().ends_with(".pks")
+                    && entry.metadata().map(|m| m.len() > 0).unwrap_or(false)
+            })
+    };
+    while !segment_written() {
+        assert!(
+            Instant::now() < deadline,
+            "no spool segment written under {} within {WAIT:?}",
+            spool.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A host write after the sensor's own: once its event is out, the
+    // sensor's writes before it have passed the pipeline too.
+    let control = control_dir.path().join("control");
+    std::fs::write(&control, b"x").unwrap();
+    let control_path = control.to_str().unwrap();
+    sensor.wait_for(&format!("FILE_CREATE of {control_path}"), |r| {
+        r["routing"]["event_type"] == "FILE_CREATE" && r["event"]["FILE_PATH"] == control_path
+    });
+
+    let file_events: Vec<Value> = sensor
+        .all()
+        .into_iter()
+        .filter(|r| {
+            r["routing"]["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("FILE_"))
+        })
+        .collect();
+    let own: Vec<&Value> = file_events
+        .iter()
+        .filter(|r| r["event"]["PROCESS_ID"] == sensor_pid)
+        .collect();
+    assert!(
+        own.is_empty(),
+        "{} FILE events carry the sensor's host pid {sensor_pid}, first: {}",
+        own.len(),
+        own[0]
+    );
+    let in_state_dir: Vec<&Value> = file_events
+        .iter()
+        .filter(|r| {
+            r["event"]["FILE_PATH"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/state/"))
+        })
+        .collect();
+    assert!(
+        in_state_dir.is_empty(),
+        "{} FILE events are in the sensor's state dir, first: {}",
+        in_state_dir.len(),
+        in_state_dir[0]
+    );
+}
+
+fn container_host_pid(name: &str) -> u32 {
+    let output = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", name])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("docker inspect gave no pid for {name}: {e}"))
+}
+
 /// With `-d KEY` the transport starts beside stdout. The server address is a
 /// closed loopback port, so the sensor keeps reporting locally and spools.
 #[test]
@@ -794,14 +941,7 @@ fn key_with_unreachable_server_keeps_running() {
         return skip_or_fail("needs root");
     }
     let state = tempfile::tempdir().unwrap();
-    let key = picket_event::key::InstallationKey {
-        url: "https://127.0.0.1:9".into(),
-        org_id: "2b1f0b8e-7c1a-4d44-9a0e-0f3f4f5e6a7b".into(),
-        key_id: "8d7c6b5a-4f3e-4d2c-8b1a-0f9e8d7c6b5a".into(),
-        secret: "a".repeat(64),
-        cert_sha256: "b".repeat(64),
-    }
-    .encode();
+    let key = unreachable_server_key();
     let child = Command::new(sensor_binary())
         .args(["-d", &key, "--stdout", "--tier", "procpoll", "--state-dir"])
         .arg(state.path())
