@@ -356,6 +356,8 @@ async fn cli_queries_print_lines_and_tables() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 3, "header and two rows: {text}");
+    assert!(text.lines().next().unwrap().contains("  POD  "), "{text}");
+    assert!(text.contains("  shop/web-7d9f  "), "{text}");
     assert!(!text.contains('\x1b'), "control characters escaped");
     assert!(text.contains("\\n\\u{1b}[2J fake-row"), "{text}");
 
