@@ -18,7 +18,9 @@ use picket_event::atom::process_atom;
 use serde_json::Value;
 
 const IMAGE: &str = "picket-test/busybox:latest";
-const WAIT: Duration = Duration::from_secs(20);
+/// How long a test waits for one record. Generous, because parallel
+/// builds and tests can delay the sensor's start and its polls by seconds.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn skip_or_fail(reason: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -227,6 +229,19 @@ impl Container {
             .unwrap()
             .trim()
             .parse()
+            .unwrap()
+    }
+
+    /// Runs `docker exec -i` in the background with its stdin piped, so the
+    /// command reads end of input once the caller drops `stdin`.
+    fn exec_with_stdin(&self, command: &[&str]) -> Child {
+        Command::new("docker")
+            .args(["exec", "-i"])
+            .arg(&self.name)
+            .args(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
             .unwrap()
     }
 
@@ -681,23 +696,30 @@ fn deployment_contract_container() {
     let existing = sensor.process_event("EXISTING_PROCESS", before.init_pid());
     before.assert_carried_by(&existing);
 
+    // The polling tier reports only processes alive at one of its polls,
+    // and a loaded host can delay a poll by longer than a fixed sleep. So
+    // each process below stays alive until its event has arrived: it blocks
+    // in `read` until the test closes its stdin.
     let after = Container::run("contract-after", &["sleep", "120"]);
-    let script = "sleep 1; echo contract";
-    let mut exec = after.exec(&["sh", "-c", script]);
+    let script = "read -r line; echo contract";
+    let mut exec = after.exec_with_stdin(&["sh", "-c", script]);
     let record = sensor.by_command_line("NEW_PROCESS", &format!("sh -c {script}"));
     after.assert_carried_by(&record);
+    drop(exec.stdin.take());
     assert!(exec.wait().unwrap().success());
 
     // A host process seen from inside the container: no CONTAINER, host pids.
     let mut host_child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1", "picket-contract-host"])
+        .args(["-c", "read -r line", "picket-contract-host"])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let host_pid = host_child.id();
     let host_record = sensor.process_event("NEW_PROCESS", host_pid);
+    drop(host_child.stdin.take());
     assert_eq!(
         host_record["event"]["COMMAND_LINE"],
-        "/bin/sh -c sleep 1 picket-contract-host"
+        "/bin/sh -c read -r line picket-contract-host"
     );
     assert_eq!(
         host_record["event"]["PARENT_PROCESS_ID"],
