@@ -245,17 +245,6 @@ impl Container {
             .unwrap()
     }
 
-    /// Runs `docker exec` in the background and returns it.
-    fn exec(&self, command: &[&str]) -> Child {
-        Command::new("docker")
-            .arg("exec")
-            .arg(&self.name)
-            .args(command)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
     fn assert_carried_by(&self, record: &Value) {
         let container = &record["event"]["CONTAINER"];
         assert_eq!(
@@ -305,14 +294,18 @@ fn check_host_exec(tier: &str) {
     };
     let workdir = tempfile::tempdir().unwrap();
     let marker = format!("picket-host-{tier}-{}", std::process::id());
-    let script = "sleep 1; exit 7";
+    // The shell's child `cat` blocks on the shared stdin until the test
+    // closes it, so both stay alive until their events have arrived, as
+    // the polling tier needs however slow its polls are.
+    let script = "cat; exit 7";
     let mut child = Command::new("/bin/sh")
         .args(["-c", script, &marker])
         .current_dir(workdir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(300));
     let this_atom = atom(pid);
     let expected_exe = readlink(format!("/proc/{pid}/exe"));
 
@@ -356,16 +349,17 @@ fn check_host_exec(tier: &str) {
     );
 
     // The shell's child links back to the shell.
-    let sleep = sensor.wait_for("NEW_PROCESS of the shell's sleep", |r| {
+    let cat = sensor.wait_for("NEW_PROCESS of the shell's cat", |r| {
         r["routing"]["event_type"] == "NEW_PROCESS" && r["event"]["PARENT_PROCESS_ID"] == pid
     });
-    assert_eq!(sleep["event"]["COMMAND_LINE"], "sleep 1");
-    assert_eq!(sleep["routing"]["parent"], this_atom.as_str());
+    assert_eq!(cat["event"]["COMMAND_LINE"], "cat");
+    assert_eq!(cat["routing"]["parent"], this_atom.as_str());
     assert_eq!(
-        sleep["event"]["PARENT"]["COMMAND_LINE"],
+        cat["event"]["PARENT"]["COMMAND_LINE"],
         event["COMMAND_LINE"]
     );
 
+    drop(child.stdin.take());
     assert_eq!(child.wait().unwrap().code(), Some(7));
     let exit = sensor.process_event("TERMINATE_PROCESS", pid);
     assert_eq!(exit["routing"]["this"], this_atom.as_str());
@@ -539,19 +533,23 @@ fn check_containers(tier: &str) {
     after.assert_carried_by(&after_init);
 
     for (container, label) in [(&before, "before"), (&after, "after")] {
-        let script = format!("sleep 1; echo {label}-{tier}");
-        let mut exec = container.exec(&["sh", "-c", &script]);
+        // `cat` blocks until the test closes stdin, so the shell and its
+        // child stay alive until their events have arrived.
+        let script = format!("cat; echo {label}-{tier}");
+        let mut exec = container.exec_with_stdin(&["sh", "-c", &script]);
         let record = sensor.by_command_line("NEW_PROCESS", &format!("sh -c {script}"));
         assert_eq!(record["event"]["FILE_PATH"], "/bin/busybox");
         assert_eq!(record["event"]["USER_ID"], 0);
         assert_eq!(record["event"]["WORKING_DIRECTORY"], "/");
         container.assert_carried_by(&record);
         let pid = record["event"]["PROCESS_ID"].as_u64().unwrap() as u32;
-        let child = sensor.wait_for("sleep inside the exec", |r| {
+        let child = sensor.wait_for("cat inside the exec", |r| {
             r["routing"]["event_type"] == "NEW_PROCESS" && r["event"]["PARENT_PROCESS_ID"] == pid
         });
         container.assert_carried_by(&child);
+        assert_eq!(child["event"]["COMMAND_LINE"], "cat");
         assert_eq!(child["routing"]["parent"], record["routing"]["this"]);
+        drop(exec.stdin.take());
         assert!(exec.wait().unwrap().success());
         let exit = sensor.process_event("TERMINATE_PROCESS", pid);
         container.assert_carried_by(&exit);
@@ -996,14 +994,18 @@ fn check_hostile_command_lines(tier: &str) {
     }
     let sensor = Sensor::start_on_host(tier);
 
+    // Each shell blocks in `read` until the test closes its stdin, so it is
+    // alive at a poll however slow the polling tier's polls are.
     let hostile: &[u8] = b"bad\xff\nname\x1b[2J";
     let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1"])
+        .args(["-c", "read -r line"])
         .arg(std::ffi::OsStr::from_bytes(hostile))
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let record = sensor.process_event("NEW_PROCESS", child.id());
-    let mut expected = b"/bin/sh -c sleep 1 ".to_vec();
+    drop(child.stdin.take());
+    let mut expected = b"/bin/sh -c read -r line ".to_vec();
     expected.extend_from_slice(hostile);
     let event = record["event"].as_object().unwrap();
     assert_eq!(
@@ -1012,22 +1014,24 @@ fn check_hostile_command_lines(tier: &str) {
     );
     assert_eq!(
         event["COMMAND_LINE"],
-        "/bin/sh -c sleep 1 bad\\xff\nname\u{1b}[2J"
+        "/bin/sh -c read -r line bad\\xff\nname\u{1b}[2J"
     );
     child.wait().unwrap();
 
     let long = "x".repeat(40_000);
     let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1", &long])
+        .args(["-c", "read -r line", &long])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let record = sensor.process_event("NEW_PROCESS", child.id());
+    drop(child.stdin.take());
     assert_eq!(record["event"]["COMMAND_LINE_TRUNCATED"], true);
-    // "/bin/sh\0-c\0sleep 1\0" plus the long argument and its NUL.
-    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 8 + 40_001);
+    // "/bin/sh\0-c\0read -r line\0" plus the long argument and its NUL.
+    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 13 + 40_001);
     let kept = record["event"]["COMMAND_LINE"].as_str().unwrap();
     assert!(kept.len() <= 16 * 1024, "kept {} bytes", kept.len());
-    assert!(kept.starts_with("/bin/sh -c sleep 1 xxx"));
+    assert!(kept.starts_with("/bin/sh -c read -r line xxx"));
     child.wait().unwrap();
 }
 
