@@ -9,8 +9,9 @@
 #    Kubernetes pod (kubelet labels and cgroup parent);
 # 5. starts the sensor container exactly as the deployment contract's
 #    `docker run` line does;
-# 6. follows the events at the server as a table (process, container, pod,
-#    command line) until Ctrl-C, then removes everything it started.
+# 6. follows the events at the server as a table (time, host, event type,
+#    container, pod as namespace/name or `-`, command line or path) until
+#    Ctrl-C, then removes everything it started.
 #
 # Without a Docker engine the sensor runs directly on the host, with sample
 # workloads as plain host processes, and prints that it does.
@@ -176,7 +177,9 @@ start_container_workloads() {
     pod_uid=$(cat /proc/sys/kernel/random/uuid)
     pod_container="k8s_web_web-${token}_default_${pod_uid}_0"
 
-    # A pod as the kubelet's Docker runtime would create it.
+    # A pod as the kubelet's Docker runtime would create it. httpd serves
+    # each request from a fork without an exec, which makes no NEW_PROCESS,
+    # so the loop after it gives the live table rows of this pod.
     containers+=("$pod_container")
     docker run -d --name "$pod_container" \
         --label io.kubernetes.pod.name="web-$token" \
@@ -185,7 +188,7 @@ start_container_workloads() {
         --label io.kubernetes.container.name=web \
         --cgroup-parent "/kubepods/besteffort/pod$pod_uid" \
         picket-test/busybox:latest sh -c \
-        'echo hello > /tmp/index.html; httpd -f -p 8080 -h /tmp' >/dev/null
+        'echo hello > /tmp/index.html; httpd -p 8080 -h /tmp; while :; do wc -c /tmp/index.html > /dev/null; sleep 5; done' >/dev/null
     web_ip=$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$pod_container")
 
     containers+=("$prefix-client")

@@ -1,30 +1,43 @@
 //! Event type names. They follow the naming of the platform whose deployment
 //! contract Picket implements, so rules written for it read the same here.
 
-pub const CONNECTED: &str = "CONNECTED";
-pub const STARTING_UP: &str = "STARTING_UP";
-pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
-pub const DATA_DROPPED: &str = "DATA_DROPPED";
+/// Defines one constant per event type, named and valued alike, and
+/// [`ALL`] listing them, so a type added here is also in the list.
+macro_rules! event_types {
+    ($($name:ident),+ $(,)?) => {
+        $(pub const $name: &str = stringify!($name);)+
 
-pub const NEW_PROCESS: &str = "NEW_PROCESS";
-pub const EXISTING_PROCESS: &str = "EXISTING_PROCESS";
-pub const TERMINATE_PROCESS: &str = "TERMINATE_PROCESS";
-pub const CODE_IDENTITY: &str = "CODE_IDENTITY";
+        /// Every event type defined here, in declaration order.
+        pub const ALL: &[&str] = &[$($name),+];
+    };
+}
 
-pub const FILE_CREATE: &str = "FILE_CREATE";
-pub const FILE_DELETE: &str = "FILE_DELETE";
-pub const FILE_MODIFIED: &str = "FILE_MODIFIED";
-pub const FILE_RENAME: &str = "FILE_RENAME";
+event_types! {
+    CONNECTED,
+    STARTING_UP,
+    SHUTTING_DOWN,
+    DATA_DROPPED,
 
-pub const NETWORK_CONNECTIONS: &str = "NETWORK_CONNECTIONS";
-pub const NEW_TCP4_CONNECTION: &str = "NEW_TCP4_CONNECTION";
-pub const NEW_TCP6_CONNECTION: &str = "NEW_TCP6_CONNECTION";
-pub const TERMINATE_TCP4_CONNECTION: &str = "TERMINATE_TCP4_CONNECTION";
-pub const TERMINATE_TCP6_CONNECTION: &str = "TERMINATE_TCP6_CONNECTION";
-pub const NEW_UDP4_CONNECTION: &str = "NEW_UDP4_CONNECTION";
-pub const NEW_UDP6_CONNECTION: &str = "NEW_UDP6_CONNECTION";
-pub const DNS_REQUEST: &str = "DNS_REQUEST";
-pub const NETSTAT_REP: &str = "NETSTAT_REP";
+    NEW_PROCESS,
+    EXISTING_PROCESS,
+    TERMINATE_PROCESS,
+    CODE_IDENTITY,
+
+    FILE_CREATE,
+    FILE_DELETE,
+    FILE_MODIFIED,
+    FILE_RENAME,
+
+    NETWORK_CONNECTIONS,
+    NEW_TCP4_CONNECTION,
+    NEW_TCP6_CONNECTION,
+    TERMINATE_TCP4_CONNECTION,
+    TERMINATE_TCP6_CONNECTION,
+    NEW_UDP4_CONNECTION,
+    NEW_UDP6_CONNECTION,
+    DNS_REQUEST,
+    NETSTAT_REP,
+}
 
 /// Keys of the `event/CONTAINER` object carried by every event of a
 /// containerised process. Host processes carry no `CONTAINER` key at all.
@@ -38,4 +51,17 @@ pub mod container {
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     pub const POD_UID: &str = "POD_UID";
     pub const K8S_CONTAINER_NAME: &str = "K8S_CONTAINER_NAME";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn all_lists_each_constant_once() {
+        assert_eq!(super::NEW_PROCESS, "NEW_PROCESS");
+        assert!(super::ALL.contains(&super::NETSTAT_REP));
+        let mut sorted = super::ALL.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), super::ALL.len());
+    }
 }

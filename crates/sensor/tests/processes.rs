@@ -18,7 +18,9 @@ use picket_event::atom::process_atom;
 use serde_json::Value;
 
 const IMAGE: &str = "picket-test/busybox:latest";
-const WAIT: Duration = Duration::from_secs(20);
+/// How long a test waits for one record. Generous, because parallel
+/// builds and tests can delay the sensor's start and its polls by seconds.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn skip_or_fail(reason: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -230,12 +232,14 @@ impl Container {
             .unwrap()
     }
 
-    /// Runs `docker exec` in the background and returns it.
-    fn exec(&self, command: &[&str]) -> Child {
+    /// Runs `docker exec -i` in the background with its stdin piped, so the
+    /// command reads end of input once the caller drops `stdin`.
+    fn exec_with_stdin(&self, command: &[&str]) -> Child {
         Command::new("docker")
-            .arg("exec")
+            .args(["exec", "-i"])
             .arg(&self.name)
             .args(command)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .unwrap()
@@ -290,14 +294,18 @@ fn check_host_exec(tier: &str) {
     };
     let workdir = tempfile::tempdir().unwrap();
     let marker = format!("picket-host-{tier}-{}", std::process::id());
-    let script = "sleep 1; exit 7";
+    // The shell's child `cat` blocks on the shared stdin until the test
+    // closes it, so both stay alive until their events have arrived, as
+    // the polling tier needs however slow its polls are.
+    let script = "cat; exit 7";
     let mut child = Command::new("/bin/sh")
         .args(["-c", script, &marker])
         .current_dir(workdir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(300));
     let this_atom = atom(pid);
     let expected_exe = readlink(format!("/proc/{pid}/exe"));
 
@@ -341,16 +349,17 @@ fn check_host_exec(tier: &str) {
     );
 
     // The shell's child links back to the shell.
-    let sleep = sensor.wait_for("NEW_PROCESS of the shell's sleep", |r| {
+    let cat = sensor.wait_for("NEW_PROCESS of the shell's cat", |r| {
         r["routing"]["event_type"] == "NEW_PROCESS" && r["event"]["PARENT_PROCESS_ID"] == pid
     });
-    assert_eq!(sleep["event"]["COMMAND_LINE"], "sleep 1");
-    assert_eq!(sleep["routing"]["parent"], this_atom.as_str());
+    assert_eq!(cat["event"]["COMMAND_LINE"], "cat");
+    assert_eq!(cat["routing"]["parent"], this_atom.as_str());
     assert_eq!(
-        sleep["event"]["PARENT"]["COMMAND_LINE"],
+        cat["event"]["PARENT"]["COMMAND_LINE"],
         event["COMMAND_LINE"]
     );
 
+    drop(child.stdin.take());
     assert_eq!(child.wait().unwrap().code(), Some(7));
     let exit = sensor.process_event("TERMINATE_PROCESS", pid);
     assert_eq!(exit["routing"]["this"], this_atom.as_str());
@@ -524,19 +533,23 @@ fn check_containers(tier: &str) {
     after.assert_carried_by(&after_init);
 
     for (container, label) in [(&before, "before"), (&after, "after")] {
-        let script = format!("sleep 1; echo {label}-{tier}");
-        let mut exec = container.exec(&["sh", "-c", &script]);
+        // `cat` blocks until the test closes stdin, so the shell and its
+        // child stay alive until their events have arrived.
+        let script = format!("cat; echo {label}-{tier}");
+        let mut exec = container.exec_with_stdin(&["sh", "-c", &script]);
         let record = sensor.by_command_line("NEW_PROCESS", &format!("sh -c {script}"));
         assert_eq!(record["event"]["FILE_PATH"], "/bin/busybox");
         assert_eq!(record["event"]["USER_ID"], 0);
         assert_eq!(record["event"]["WORKING_DIRECTORY"], "/");
         container.assert_carried_by(&record);
         let pid = record["event"]["PROCESS_ID"].as_u64().unwrap() as u32;
-        let child = sensor.wait_for("sleep inside the exec", |r| {
+        let child = sensor.wait_for("cat inside the exec", |r| {
             r["routing"]["event_type"] == "NEW_PROCESS" && r["event"]["PARENT_PROCESS_ID"] == pid
         });
         container.assert_carried_by(&child);
+        assert_eq!(child["event"]["COMMAND_LINE"], "cat");
         assert_eq!(child["routing"]["parent"], record["routing"]["this"]);
+        drop(exec.stdin.take());
         assert!(exec.wait().unwrap().success());
         let exit = sensor.process_event("TERMINATE_PROCESS", pid);
         container.assert_carried_by(&exit);
@@ -578,19 +591,13 @@ fn loader_and_libraries() -> (PathBuf, PathBuf) {
     (loader, libraries)
 }
 
-/// The sensor run as the deployment contract runs it: a privileged
-/// container with the host's / at /rootfs, no `--pid=host`, and a private
-/// cgroup namespace.
-#[test]
-fn deployment_contract_container() {
-    if !is_root() {
-        return skip_or_fail("needs root");
-    }
-    if let Err(reason) = docker_ready() {
-        return skip_or_fail(&reason);
-    }
-    let name = format!("core-it-sensor-{}", std::process::id());
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+/// Builds the `docker run` of the sensor under test as the deployment
+/// contract runs it: privileged, host network, the host's / at /rootfs, no
+/// `--pid=host`, and a private cgroup namespace. `docker_flags` go before
+/// the image and `sensor_args` after the sensor binary. The container is
+/// removed when it exits.
+fn contract_container_command(name: &str, docker_flags: &[&str], sensor_args: &[&str]) -> Command {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
     let binary = sensor_binary();
     let binary = binary.display();
     let mut command = Command::new("docker");
@@ -599,7 +606,7 @@ fn deployment_contract_container() {
         "--rm",
         "-i",
         "--name",
-        &name,
+        name,
         "--privileged",
         "--net=host",
         "--cgroupns=private",
@@ -612,6 +619,7 @@ fn deployment_contract_container() {
         "--env",
         "RUST_LOG=info",
     ]);
+    command.args(docker_flags);
     // A statically linked build (RUSTFLAGS='-C target-feature=+crt-static')
     // runs in the scratch image as is; the test build is dynamically linked
     // and borrows the host's loader and libc through the /rootfs mount.
@@ -641,11 +649,27 @@ fn deployment_contract_container() {
         }
     }
     command
-        // As the non-eBPF DaemonSet: eBPF is not tried, and netlink must be
-        // found unusable from the container's PID namespace.
-        .args(["--stdout", "--tier", "netlink"])
+        .args(sensor_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    command
+}
+
+/// The sensor run as the deployment contract runs it: a privileged
+/// container with the host's / at /rootfs, no `--pid=host`, and a private
+/// cgroup namespace.
+#[test]
+fn deployment_contract_container() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    if let Err(reason) = docker_ready() {
+        return skip_or_fail(&reason);
+    }
+    let name = format!("core-it-sensor-{}", std::process::id());
+    // As the non-eBPF DaemonSet: eBPF is not tried, and netlink must be
+    // found unusable from the container's PID namespace.
+    let mut command = contract_container_command(&name, &[], &["--stdout", "--tier", "netlink"]);
     let before = Container::run("contract-before", &["sleep", "120"]);
     let sensor = Sensor::attach(command.spawn().unwrap(), Some(name));
 
@@ -670,23 +694,30 @@ fn deployment_contract_container() {
     let existing = sensor.process_event("EXISTING_PROCESS", before.init_pid());
     before.assert_carried_by(&existing);
 
+    // The polling tier reports only processes alive at one of its polls,
+    // and a loaded host can delay a poll by longer than a fixed sleep. So
+    // each process below stays alive until its event has arrived: it blocks
+    // in `read` until the test closes its stdin.
     let after = Container::run("contract-after", &["sleep", "120"]);
-    let script = "sleep 1; echo contract";
-    let mut exec = after.exec(&["sh", "-c", script]);
+    let script = "read -r line; echo contract";
+    let mut exec = after.exec_with_stdin(&["sh", "-c", script]);
     let record = sensor.by_command_line("NEW_PROCESS", &format!("sh -c {script}"));
     after.assert_carried_by(&record);
+    drop(exec.stdin.take());
     assert!(exec.wait().unwrap().success());
 
     // A host process seen from inside the container: no CONTAINER, host pids.
     let mut host_child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1", "picket-contract-host"])
+        .args(["-c", "read -r line", "picket-contract-host"])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let host_pid = host_child.id();
     let host_record = sensor.process_event("NEW_PROCESS", host_pid);
+    drop(host_child.stdin.take());
     assert_eq!(
         host_record["event"]["COMMAND_LINE"],
-        "/bin/sh -c sleep 1 picket-contract-host"
+        "/bin/sh -c read -r line picket-contract-host"
     );
     assert_eq!(
         host_record["event"]["PARENT_PROCESS_ID"],
@@ -786,6 +817,142 @@ fn explain_cgroup_reads_stdin() {
     assert_eq!(report["runtime"], "docker");
 }
 
+/// Builds an installation key whose server is a closed loopback port, so
+/// the sensor spools every batch under its state dir.
+fn unreachable_server_key() -> String {
+    picket_event::key::InstallationKey {
+        url: "https://127.0.0.1:9".into(),
+        org_id: "2b1f0b8e-7c1a-4d44-9a0e-0f3f4f5e6a7b".into(),
+        key_id: "8d7c6b5a-4f3e-4d2c-8b1a-0f9e8d7c6b5a".into(),
+        secret: "a".repeat(64),
+        cert_sha256: "b".repeat(64),
+    }
+    .encode()
+}
+
+/// The eBPF tier in the deployment container (no `--pid=host`), spooling
+/// to a state dir: none of the sensor's own writes come back as FILE
+/// events. The BPF filter compares host tgids, so it must get the sensor's
+/// host tgid, not the pid inside the container's PID namespace.
+#[test]
+fn contract_container_skips_own_writes() {
+    if !is_root() {
+        return skip_or_fail("needs root");
+    }
+    if let Err(reason) = docker_ready() {
+        return skip_or_fail(&reason);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let control_dir = tempfile::tempdir().unwrap();
+    let name = format!("core-it-own-writes-{}", std::process::id());
+    let state_mount = format!("{}:/state", state.path().display());
+    let key = unreachable_server_key();
+    let mut command = contract_container_command(
+        &name,
+        &["-v", &state_mount],
+        &[
+            "-d",
+            &key,
+            "--stdout",
+            "--tier",
+            "ebpf",
+            "--state-dir",
+            "/state",
+        ],
+    );
+    let sensor = Sensor::attach(command.spawn().unwrap(), Some(name.clone()));
+
+    let connected = sensor.connected();
+    if connected["event"]["ACQUISITION_TIER"] != "ebpf" {
+        let reason = &connected["event"]["TIER_REASONS"]["ebpf"];
+        return skip_or_fail(&format!("the eBPF tier cannot run here: {reason}"));
+    }
+    assert_eq!(connected["event"]["NAMESPACES"]["PID_NAMESPACE"], "private");
+    let sensor_pid: u32 = container_host_pid(&name);
+    assert_ne!(
+        sensor_pid, 1,
+        "the container's init has a host pid other than 1"
+    );
+
+    // The first spooled batch creates a segment file, after the BPF
+    // programs are attached (CONNECTED comes once they are).
+    let spool = state.path().join("spool");
+    let deadline = Instant::now() + WAIT;
+    let segment_written = || {
+        std::fs::read_dir(&spool)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                entry.file_name().to_string_lossy().ends_with(".pks")
+                    && entry.metadata().map(|m| m.len() > 0).unwrap_or(false)
+            })
+    };
+    while !segment_written() {
+        assert!(
+            Instant::now() < deadline,
+            "no spool segment written under {} within {WAIT:?}",
+            spool.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A host write after the sensor's own: once its event is out, the
+    // sensor's writes before it have passed the pipeline too.
+    let control = control_dir.path().join("control");
+    std::fs::write(&control, b"x").unwrap();
+    let control_path = control.to_str().unwrap();
+    sensor.wait_for(&format!("FILE_CREATE of {control_path}"), |r| {
+        r["routing"]["event_type"] == "FILE_CREATE" && r["event"]["FILE_PATH"] == control_path
+    });
+
+    let file_events: Vec<Value> = sensor
+        .all()
+        .into_iter()
+        .filter(|r| {
+            r["routing"]["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("FILE_"))
+        })
+        .collect();
+    let own: Vec<&Value> = file_events
+        .iter()
+        .filter(|r| r["event"]["PROCESS_ID"] == sensor_pid)
+        .collect();
+    assert!(
+        own.is_empty(),
+        "{} FILE events carry the sensor's host pid {sensor_pid}, first: {}",
+        own.len(),
+        own[0]
+    );
+    let in_state_dir: Vec<&Value> = file_events
+        .iter()
+        .filter(|r| {
+            r["event"]["FILE_PATH"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/state/"))
+        })
+        .collect();
+    assert!(
+        in_state_dir.is_empty(),
+        "{} FILE events are in the sensor's state dir, first: {}",
+        in_state_dir.len(),
+        in_state_dir[0]
+    );
+}
+
+fn container_host_pid(name: &str) -> u32 {
+    let output = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", name])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("docker inspect gave no pid for {name}: {e}"))
+}
+
 /// With `-d KEY` the transport starts beside stdout. The server address is a
 /// closed loopback port, so the sensor keeps reporting locally and spools.
 #[test]
@@ -794,14 +961,7 @@ fn key_with_unreachable_server_keeps_running() {
         return skip_or_fail("needs root");
     }
     let state = tempfile::tempdir().unwrap();
-    let key = picket_event::key::InstallationKey {
-        url: "https://127.0.0.1:9".into(),
-        org_id: "2b1f0b8e-7c1a-4d44-9a0e-0f3f4f5e6a7b".into(),
-        key_id: "8d7c6b5a-4f3e-4d2c-8b1a-0f9e8d7c6b5a".into(),
-        secret: "a".repeat(64),
-        cert_sha256: "b".repeat(64),
-    }
-    .encode();
+    let key = unreachable_server_key();
     let child = Command::new(sensor_binary())
         .args(["-d", &key, "--stdout", "--tier", "procpoll", "--state-dir"])
         .arg(state.path())
@@ -834,14 +994,18 @@ fn check_hostile_command_lines(tier: &str) {
     }
     let sensor = Sensor::start_on_host(tier);
 
+    // Each shell blocks in `read` until the test closes its stdin, so it is
+    // alive at a poll however slow the polling tier's polls are.
     let hostile: &[u8] = b"bad\xff\nname\x1b[2J";
     let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1"])
+        .args(["-c", "read -r line"])
         .arg(std::ffi::OsStr::from_bytes(hostile))
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let record = sensor.process_event("NEW_PROCESS", child.id());
-    let mut expected = b"/bin/sh -c sleep 1 ".to_vec();
+    drop(child.stdin.take());
+    let mut expected = b"/bin/sh -c read -r line ".to_vec();
     expected.extend_from_slice(hostile);
     let event = record["event"].as_object().unwrap();
     assert_eq!(
@@ -850,22 +1014,24 @@ fn check_hostile_command_lines(tier: &str) {
     );
     assert_eq!(
         event["COMMAND_LINE"],
-        "/bin/sh -c sleep 1 bad\\xff\nname\u{1b}[2J"
+        "/bin/sh -c read -r line bad\\xff\nname\u{1b}[2J"
     );
     child.wait().unwrap();
 
     let long = "x".repeat(40_000);
     let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 1", &long])
+        .args(["-c", "read -r line", &long])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let record = sensor.process_event("NEW_PROCESS", child.id());
+    drop(child.stdin.take());
     assert_eq!(record["event"]["COMMAND_LINE_TRUNCATED"], true);
-    // "/bin/sh\0-c\0sleep 1\0" plus the long argument and its NUL.
-    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 8 + 40_001);
+    // "/bin/sh\0-c\0read -r line\0" plus the long argument and its NUL.
+    assert_eq!(record["event"]["COMMAND_LINE_LENGTH"], 8 + 3 + 13 + 40_001);
     let kept = record["event"]["COMMAND_LINE"].as_str().unwrap();
     assert!(kept.len() <= 16 * 1024, "kept {} bytes", kept.len());
-    assert!(kept.starts_with("/bin/sh -c sleep 1 xxx"));
+    assert!(kept.starts_with("/bin/sh -c read -r line xxx"));
     child.wait().unwrap();
 }
 

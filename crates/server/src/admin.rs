@@ -10,7 +10,7 @@ use picket_event::key::InstallationKey;
 
 use crate::auth;
 use crate::filter::FilterArgs;
-use crate::output::{event_row, write_table, EVENT_HEADERS};
+use crate::output::{event_row, write_stream_header, write_stream_row, write_table, EVENT_HEADERS};
 use crate::store::{SqliteStore, Store};
 use crate::timefmt::format_ms;
 use crate::tls;
@@ -301,22 +301,14 @@ pub fn events_follow(
     query.org_id = org_id_of(&store, org)?;
     query.after_num = Some(store.last_event_num()?);
     if format == Format::Table {
-        write_table(out, &EVENT_HEADERS, &[])?;
+        write_stream_header(out, &EVENT_HEADERS)?;
     }
     loop {
         let events = store.query_events(&query)?;
         for event in &events {
             match format {
                 Format::Json => writeln!(out, "{}", event.record)?,
-                Format::Table => writeln!(
-                    out,
-                    "{}",
-                    event_row(&event.record)
-                        .iter()
-                        .map(|c| picket_event::bytes::escape_control(c))
-                        .collect::<Vec<_>>()
-                        .join("  ")
-                )?,
+                Format::Table => write_stream_row(out, &event_row(&event.record))?,
             }
         }
         out.flush()?;

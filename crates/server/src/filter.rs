@@ -34,6 +34,68 @@ pub enum FilterError {
     Limit(usize),
     #[error("invalid --{name} {value:?}: must not be empty")]
     Empty { name: &'static str, value: String },
+    #[error(
+        "invalid --type {value:?}: no event type has this name.{} Known types: {}",
+        suggestion.map(|s| format!(" Did you mean {s}?")).unwrap_or_default(),
+        known_event_types().collect::<Vec<_>>().join(", ")
+    )]
+    UnknownType {
+        value: String,
+        suggestion: Option<&'static str>,
+    },
+}
+
+/// Event types a query may name: each type in `picket_event::types` and
+/// the server's own `sensor_clone`. Type names are case-sensitive.
+pub fn known_event_types() -> impl Iterator<Item = &'static str> {
+    picket_event::types::ALL
+        .iter()
+        .copied()
+        .chain([crate::ingest::SENSOR_CLONE])
+}
+
+/// Checks `--type` against [`known_event_types`]. A query for a known type
+/// that no stored event has is valid and returns nothing.
+// NOTE: a type emitted by a sensor newer than this server is stored but
+// rejected here until the server learns its name.
+fn check_event_type(value: &str) -> Result<(), FilterError> {
+    if known_event_types().any(|known| known == value) {
+        return Ok(());
+    }
+    Err(FilterError::UnknownType {
+        value: value.to_owned(),
+        suggestion: closest_event_type(value),
+    })
+}
+
+/// Finds the known type a mistyped name most likely means: the same name in
+/// another case, else one at most two single-character edits away.
+fn closest_event_type(value: &str) -> Option<&'static str> {
+    if let Some(same) = known_event_types().find(|known| known.eq_ignore_ascii_case(value)) {
+        return Some(same);
+    }
+    let upper = value.to_ascii_uppercase();
+    known_event_types()
+        .map(|known| (edit_distance(&upper, &known.to_ascii_uppercase()), known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance over bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, &x) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, &y) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(x != y);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
 }
 
 /// Filters as the user writes them; [`FilterArgs::parse`] validates them.
@@ -42,7 +104,8 @@ pub struct FilterArgs {
     /// Sensor id (SID) or hostname.
     #[arg(long)]
     pub sensor: Option<String>,
-    /// Event type, such as NEW_PROCESS.
+    /// Event type, such as NEW_PROCESS (case-sensitive). An unknown name is
+    /// rejected with the list of known types.
     #[arg(long = "type")]
     pub event_type: Option<String>,
     /// Container id or container name.
@@ -166,10 +229,15 @@ impl FilterArgs {
             return Err(FilterError::Limit(limit));
         }
 
+        let event_type = text("type", &self.event_type)?;
+        if let Some(event_type) = &event_type {
+            check_event_type(event_type)?;
+        }
+
         Ok(EventQuery {
             org_id: None,
             sensor: text("sensor", &self.sensor)?,
-            event_type: text("type", &self.event_type)?,
+            event_type,
             container: text("container", &self.container)?,
             pod: text("pod", &self.pod)?,
             namespace: text("namespace", &self.namespace)?,
@@ -357,6 +425,15 @@ mod tests {
         assert_eq!(args.parse(0), Err(FilterError::Limit(0)));
 
         let args = FilterArgs {
+            event_type: Some(" ".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            args.parse(0),
+            Err(FilterError::Empty { name: "type", .. })
+        ));
+
+        let args = FilterArgs {
             sensor: Some(" ".into()),
             ..Default::default()
         };
@@ -364,5 +441,57 @@ mod tests {
             args.parse(0),
             Err(FilterError::Empty { name: "sensor", .. })
         ));
+    }
+
+    #[test]
+    fn event_type_is_checked() {
+        let parse = |name: &str| {
+            FilterArgs {
+                event_type: Some(name.into()),
+                ..Default::default()
+            }
+            .parse(0)
+        };
+
+        for known in ["NEW_PROCESS", "FILE_RENAME", "NETSTAT_REP", "sensor_clone"] {
+            assert_eq!(
+                parse(known).unwrap().event_type.as_deref(),
+                Some(known),
+                "{known} was rejected"
+            );
+        }
+
+        for (name, suggestion) in [
+            ("NEW_PROCES", Some("NEW_PROCESS")),
+            ("new_process", Some("NEW_PROCESS")),
+            ("FILE_CREATED", Some("FILE_CREATE")),
+            ("SENSOR_CLONE", Some("sensor_clone")),
+            ("PROCESS_START", None),
+            ("NEW_PROCESS ", Some("NEW_PROCESS")),
+        ] {
+            let error = parse(name).unwrap_err();
+            assert_eq!(
+                error,
+                FilterError::UnknownType {
+                    value: name.into(),
+                    suggestion,
+                },
+                "{name:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(&format!("{name:?}")), "{message}");
+            assert!(message.contains("Known types: CONNECTED, "), "{message}");
+            assert!(message.ends_with("sensor_clone"), "{message}");
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("abc", "abd"), 1);
+        assert_eq!(edit_distance("abc", "ac"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

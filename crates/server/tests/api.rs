@@ -356,6 +356,8 @@ async fn cli_queries_print_lines_and_tables() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 3, "header and two rows: {text}");
+    assert!(text.lines().next().unwrap().contains("  POD  "), "{text}");
+    assert!(text.contains("  shop/web-7d9f  "), "{text}");
     assert!(!text.contains('\x1b'), "control characters escaped");
     assert!(text.contains("\\n\\u{1b}[2J fake-row"), "{text}");
 
@@ -455,6 +457,142 @@ async fn cli_follow_prints_new_events() {
         !line.contains(&old.routing.event_id),
         "events stored before follow started are not printed"
     );
+    server.shutdown().await;
+}
+
+/// Starts a server with one organisation with one stored `NEW_PROCESS`
+/// event; returns the server, an API key of the organisation and the event.
+async fn server_with_one_event(
+    dir: &std::path::Path,
+) -> (picket_server::serve::Running, String, picket_event::Record) {
+    let (org_a, key_a) = org_with_key(dir, "acme", &[]);
+    let api_a = api_key(dir, &org_a);
+    let server = start(dir).await;
+    let mut client = client(dir, server.grpc_addr).await;
+    let sensor = enroll(&mut client, &key_a, "node-a").await;
+    let mut stream = open_stream(&mut client, hello(&sensor, "ia", "node-a"))
+        .await
+        .unwrap();
+    let stored = process_event("node-a", 0);
+    stream
+        .tx
+        .send(batch(1, std::slice::from_ref(&stored)))
+        .await
+        .unwrap();
+    stream.wait_ack(1).await.unwrap();
+    (server, api_a, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rejects_unknown_event_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api_a, stored) = server_with_one_event(dir.path()).await;
+    let http_addr = server.http_addr;
+    // Without the type check, a follow of an unknown type streams nothing
+    // forever, so every request here has a deadline.
+    let get = |path: String| {
+        let api_a = api_a.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                http(http_addr, "GET", &path, Some(&api_a), None),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} did not finish within 20 s"))
+        }
+    };
+
+    for path in ["/api/v1/events", "/api/v1/events/follow"] {
+        let (status, body) = get(format!("{path}?type=NEW_PROCES")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body.contains("invalid --type \\\"NEW_PROCES\\\""),
+            "{path}: {body}"
+        );
+        assert!(body.contains("Did you mean NEW_PROCESS?"), "{path}: {body}");
+        assert!(body.contains("Known types: CONNECTED, "), "{path}: {body}");
+        assert!(body.contains("FILE_CREATE"), "{path}: {body}");
+    }
+
+    let (status, body) = get("/api/v1/events?type=new_process".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Did you mean NEW_PROCESS?"), "{body}");
+
+    let (status, body) = get("/api/v1/events?type=FILE_DELETE".into()).await;
+    assert_eq!(status, 200, "a known type absent from the store: {body}");
+    assert_eq!(body, "{\"events\":[]}");
+
+    let (status, body) = get("/api/v1/events?type=NEW_PROCESS".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&stored.routing.event_id), "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_rejects_unknown_event_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, stored) = server_with_one_event(dir.path()).await;
+    let bin = env!("CARGO_BIN_EXE_picket-server");
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(bin)
+            .args(["--data", data])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Without the type check, `events follow` never exits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("picket-server {args:?} did not exit within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+
+    for command in ["query", "follow"] {
+        let out = run(&["events", command, "--json", "--type", "PROCESS_START"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "events {command} accepted PROCESS_START"
+        );
+        assert!(
+            stderr.contains("invalid --type \"PROCESS_START\""),
+            "events {command}: {stderr}"
+        );
+        assert!(
+            stderr.contains("Known types: CONNECTED, "),
+            "events {command}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("Did you mean"),
+            "events {command}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "events {command} printed events");
+    }
+
+    let out = run(&["events", "query", "--json", "--type", "FILE_DELETE"]);
+    assert!(
+        out.status.success(),
+        "a known type absent from the store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = run(&["events", "query", "--json", "--type", "NEW_PROCESS"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&stored.routing.event_id), "{text}");
     server.shutdown().await;
 }
 

@@ -16,6 +16,7 @@
 //! [`EbpfHandle`] is dropped. [`EbpfHandle::losses`] feeds health output.
 
 pub mod code_identity;
+mod own_tgid;
 mod wire;
 
 use std::os::fd::AsRawFd;
@@ -521,7 +522,7 @@ fn attach(
 }
 
 fn load_object(config: &EbpfConfig, btf: &Btf, with_files: bool) -> Result<Ebpf, LoadError> {
-    let self_tgid = std::process::id();
+    let self_tgid = own_tgid::host_tgid(&config.host_fs);
     let enabled = u32::from(with_files);
     let net_enabled = u32::from(config.network);
     let prefix_count = config.files.prefixes.len() as u32;
