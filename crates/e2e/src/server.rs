@@ -148,7 +148,27 @@ impl Server {
 
     /// Every stored record of `event_type`, as JSON values.
     pub fn events(&self, event_type: &str) -> Vec<Value> {
-        let out = self.cli_ok(&["events", "query", "--json", "--type", event_type]);
+        let out = self.cli_ok(&[
+            "events", "query", "--json", "--type", event_type, "--limit", "10000",
+        ]);
+        parse_records(&out)
+    }
+
+    /// Stored events of one type from one container (id or name), newest
+    /// first. On a busy host the newest events of a type can all come from
+    /// elsewhere, so tests that wait for one container's event ask this.
+    pub fn container_events(&self, event_type: &str, container: &str) -> Vec<Value> {
+        let out = self.cli_ok(&[
+            "events",
+            "query",
+            "--json",
+            "--type",
+            event_type,
+            "--container",
+            container,
+            "--limit",
+            "10000",
+        ]);
         parse_records(&out)
     }
 

@@ -177,15 +177,36 @@ impl Scenario {
         description: &str,
         matches: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_event_from(sensor, event_type, None, description, matches)
+    }
+
+    /// [`Scenario::wait_event`] among the events of one container when
+    /// `container` is set.
+    fn wait_event_from(
+        &self,
+        sensor: &Container,
+        event_type: &str,
+        container: Option<&str>,
+        description: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
         let found = wait_for(EVENT_TIMEOUT, POLL, || {
-            self.server
-                .events(event_type)
-                .into_iter()
-                .find(|record| matches(record))
+            let events = match container {
+                Some(container) => self.server.container_events(event_type, container),
+                None => self.server.events(event_type),
+            };
+            events.into_iter().find(|record| matches(record))
         });
         found.unwrap_or_else(|| {
+            let mut stored = self.server.events(event_type);
+            stored.sort_by_key(|record| {
+                std::cmp::Reverse(lookup_path(record, "routing/event_time").and_then(Value::as_u64))
+            });
+            let newest: Vec<String> = stored.iter().take(10).map(Value::to_string).collect();
             panic!(
-                "no {event_type} event {description} within {EVENT_TIMEOUT:?}\n{}",
+                "no {event_type} event {description} within {EVENT_TIMEOUT:?}\n\
+                 newest {event_type} events stored:\n{}\n{}",
+                newest.join("\n"),
                 self.diagnostics(sensor)
             )
         })
@@ -347,8 +368,8 @@ enum Flow {
     /// 3 s, longer than the polling network tier's 1 s interval, which
     /// misses shorter flows.
     Held,
-    /// One HTTP request and its answer: a few milliseconds, which only the
-    /// eBPF tier's hooks see.
+    /// One HTTP request and its response: a few milliseconds, which only the
+    /// eBPF tier's hooks report.
     Short,
 }
 
@@ -375,9 +396,10 @@ fn assert_connection_attributed(
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let record = scenario.wait_event(
+    let record = scenario.wait_event_from(
         sensor,
         types::NEW_TCP4_CONNECTION,
+        Some(&container.id),
         &format!(
             "to port {WORKLOAD_HTTP_PORT} from container {}",
             container.name

@@ -19,8 +19,9 @@
  *
  * Network programs: TCP connections come from the inet_sock_set_state
  * tracepoint. The process of an outgoing connection is the one that moved the
- * socket to SYN_SENT (connect runs in it); an incoming connection is reported
- * when accept(2) hands it to a process, found from the returned descriptor.
+ * socket to SYN_SENT, because connect(2) runs in it. An incoming connection is
+ * reported when accept(2) hands it to a process, found from the returned
+ * descriptor.
  * UDP peers come from the sock_send_length and sock_recv_length tracepoints
  * (every sendmsg and recvmsg path, in the calling process). An unconnected
  * socket's peer is read from the address the caller passed to sendto or
@@ -814,7 +815,7 @@ static __always_inline void on_write(u32 tgid, s32 fd)
 #define OWNER_OUTGOING (1 << 0)
 #define OWNER_REPORTED (1 << 1)
 
-/* Who opened a TCP socket, kept from its first state change until close. */
+/* Owner of a TCP socket, kept from its first state change until close. */
 struct sock_owner {
 	u32 tgid;
 	u32 flags;
@@ -971,8 +972,8 @@ int handle_inet_sock_set_state(u64 *ctx)
 		return 0;
 	}
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-		/* A passive open ends in softirq context: the owner is whoever
-		 * accepts it. */
+		/* A passive open ends in softirq context, so the owner is the
+		 * process that accepts it. */
 		struct sock_owner owner = {};
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		return 0;

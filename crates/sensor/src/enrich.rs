@@ -231,7 +231,7 @@ pub struct Enricher {
     code_hasher: Option<CodeHasher>,
     /// Records produced beside the one a fact maps to, sent after it.
     extra: Vec<Record>,
-    /// Where other threads look up processes by pid.
+    /// Registry in which other threads look up processes by pid.
     registry: Option<Arc<ProcessRegistry>>,
 }
 

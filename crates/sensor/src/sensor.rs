@@ -47,8 +47,8 @@ pub struct TierContext {
     pub host: HostFacts,
     pub poll_interval: Duration,
     pub tx: SyncSender<Fact>,
-    /// Where the eBPF tier sends its network reports; `None` turns its
-    /// network programs off.
+    /// Channel for the eBPF tier's network reports; `None` turns its network
+    /// programs off.
     pub net_tx: Option<SyncSender<KernelNetEvent>>,
     /// Set by the eBPF tier: why its network reports are unavailable.
     pub net_unavailable: std::sync::Mutex<Option<String>>,
@@ -661,6 +661,42 @@ mod tests {
             record.event["TIER_REASONS"]["netlink"],
             "not tried: --tier procpoll"
         );
+        assert_eq!(record.event["NETWORK_SOURCE"], "procpoll");
+        assert_eq!(
+            record.event["NETWORK_SOURCE_REASON"],
+            "the procpoll tier has no network hooks"
+        );
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn ebpf_tier_reports_connections_from_its_hooks() {
+        if ebpf::probe(std::path::Path::new("/")).is_err() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("eBPF test prerequisite missing");
+            }
+            println!("skipped: no eBPF here");
+            return;
+        }
+        let (tx, _rx) = sync_channel(1024);
+        let (net_tx, _net_rx) = sync_channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = TierContext {
+            fs: HostFs::new("/"),
+            prefetch: Arc::new(Prefetch::default()),
+            host: host(NsState::Host),
+            poll_interval: Duration::from_millis(100),
+            tx,
+            net_tx: Some(net_tx),
+            net_unavailable: Default::default(),
+            stop: stop.clone(),
+        };
+        let selection = select_tier(TierChoice::Ebpf, &ctx).unwrap();
+        assert_eq!(selection.tier, Tier::Ebpf);
+        assert_eq!(selection.kernel_network, Ok(()));
+        let record = connected_record(&ctx.host, &selection);
+        assert_eq!(record.event["NETWORK_SOURCE"], "ebpf");
+        assert!(record.event.get("NETWORK_SOURCE_REASON").is_none());
         stop.store(true, Ordering::Relaxed);
     }
 

@@ -167,12 +167,12 @@ exec "$@"
 /// How the sensor child collects.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tier {
-    /// Socket tables polled every 500 ms; the client holds each flow for
-    /// 2.5 s so a pass sees it.
+    /// Socket tables polled every 500 ms, and the client keeps each flow open
+    /// for 2.5 s so a pass reads it.
     Polling,
-    /// The eBPF tier's network programs feed the collector; the client's
+    /// The eBPF tier's network programs feed the collector. The client's
     /// flows and DNS sockets last a few milliseconds, far below the poll
-    /// interval, so only the kernel reports can see them.
+    /// interval, so only the kernel reports include them.
     Ebpf,
 }
 
@@ -184,7 +184,7 @@ fn container_flows_and_dns_are_attributed() {
 }
 
 #[test]
-fn short_container_flows_and_dns_are_attributed_by_ebpf() {
+fn ebpf_short_flows_attributed() {
     if prerequisites() {
         scenario(Tier::Ebpf);
     }
@@ -198,8 +198,8 @@ fn prerequisites() -> bool {
         )
 }
 
-/// The sensor child sees every namespace on the host, so two scenarios at
-/// once would see each other's flows and DNS answers; they take turns.
+/// The sensor child reads every namespace on the host, so two scenarios at
+/// once would report each other's flows and DNS answers. They take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn scenario(tier: Tier) {

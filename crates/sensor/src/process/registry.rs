@@ -1,4 +1,4 @@
-//! Processes the enricher knows, shared with other threads by pid.
+//! Processes recorded by the enricher, shared with other threads by pid.
 //!
 //! A kernel network report names a pid; when that process has already
 //! exited, `/proc` no longer tells its container. The enricher saw the
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// What other threads may ask about a process.
+/// Facts about a process that other threads look up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnownProcess {
     pub start_ticks: u64,
@@ -85,8 +85,8 @@ impl ProcessRegistry {
         inner.forget_exited(EXITED_KEPT);
     }
 
-    /// The process `pid` that started at `start_ticks`, or any process with
-    /// that pid when `start_ticks` is 0.
+    /// Returns the process `pid` that started at `start_ticks`, or any
+    /// process with that pid when `start_ticks` is 0.
     pub fn get(&self, pid: u32, start_ticks: u64) -> Option<KnownProcess> {
         let inner = self.lock();
         let process = inner.by_pid.get(&pid)?;
@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn exit_of_an_older_process_keeps_the_pid_reuser() {
+    fn old_exit_keeps_reused_pid() {
         let registry = ProcessRegistry::default();
         registry.record(10, known(500));
         registry.exited(10, 500);

@@ -98,9 +98,9 @@ fn server() {
     }
 }
 
-/// Holds a TCP connection and a connected UDP socket for a few seconds each
-/// (`PICKET_HOLD_MS`), so at least one poll sees them, then looks up two
-/// names with sockets kept open for a moment after the answer
+/// Keeps a TCP connection and a connected UDP socket open for a few seconds
+/// each (`PICKET_HOLD_MS`), so at least one poll reads them. Then looks up
+/// two names with sockets kept open for a moment after the response
 /// (`PICKET_DNS_LINGER_MS`).
 fn client() {
     let server: IpAddr = std::env::var("PICKET_SERVER_IP").unwrap().parse().unwrap();

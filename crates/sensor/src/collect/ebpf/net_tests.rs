@@ -67,7 +67,7 @@ fn python(script: &str) -> (u32, Value) {
     (pid, result)
 }
 
-/// Reports for `pid` until `done` holds or 5 s pass.
+/// Collects reports for `pid` until `done` returns true or 5 s pass.
 fn reports_of(
     tier: &Tier,
     pid: u32,
@@ -99,7 +99,7 @@ fn count(events: &[KernelNetEvent], action: KernelAction) -> usize {
 }
 
 #[test]
-fn tcp4_connect_accept_close_are_reported_once_each() {
+fn tcp4_flow_reported_once() {
     let Some(tier) = start_tier() else { return };
     let (pid, ports) = python(&format!(
         "{PRELUDE}
@@ -155,7 +155,7 @@ print(json.dumps(out))"
 }
 
 #[test]
-fn tcp6_and_mapped_ipv4_connections_are_reported() {
+fn tcp6_and_mapped_ipv4_reported() {
     let Some(tier) = start_tier() else { return };
     let (pid, ports) = python(&format!(
         "{PRELUDE}
@@ -192,7 +192,7 @@ print(json.dumps(out))"
 }
 
 #[test]
-fn udp_peers_are_reported_once_per_socket_and_peer() {
+fn udp_peer_reported_once() {
     let Some(tier) = start_tier() else { return };
     let (pid, ports) = python(&format!(
         "{PRELUDE}

@@ -464,8 +464,8 @@ impl Reader {
     }
 
     /// Sends the records of deferred responses whose process the kernel
-    /// has named, or whose wait ended (all of them when `all`); false once
-    /// the receiver is closed.
+    /// has named, or whose wait ended (all of them when `all`). Returns
+    /// false once the receiver is closed.
     fn flush_deferred(&mut self, sink: &Sink, all: bool) -> bool {
         let Some(kernel) = self.kernel.clone() else {
             return true;
@@ -495,8 +495,8 @@ impl Reader {
         true
     }
 
-    /// Records of a response whose process is looked up in the namespace's
-    /// socket tables, or stands as the namespace's container.
+    /// Builds the records of a response whose process is looked up in the
+    /// namespace's socket tables, else given as the namespace's container.
     fn attribute(&mut self, response: &Response, lookups_left: &mut usize) -> Vec<Record> {
         let pids = self
             .pids
@@ -526,7 +526,7 @@ impl Reader {
         }
     }
 
-    /// One `DNS_REQUEST` per answer.
+    /// Builds one `DNS_REQUEST` per resource record of the answer section.
     fn records(&self, response: &Response, owner: Option<record::ProcessContext>) -> Vec<Record> {
         let message = &response.message;
         NetStats::add(&self.stats.dns_answers, message.answers.len() as u64);

@@ -10,9 +10,9 @@
 //! other parts consult:
 //!
 //! - TCP flows the kernel reported, open or recently closed, so the poller
-//!   does not report them a second time; it still reports what the kernel
-//!   did not see (connections older than the sensor, and any lost in a full
-//!   ring buffer).
+//!   does not report them a second time. The poller still reports what the
+//!   kernel did not see: connections older than the sensor, and any lost in
+//!   a full ring buffer.
 //! - The process behind each UDP port of each namespace, learnt from its
 //!   sends, so the DNS capture can name the process a response is for even
 //!   after its socket closed.
@@ -32,7 +32,7 @@ use super::record::{self, Attributor, Connection, ProcessContext};
 use super::{NetStats, Sink};
 use crate::process::ProcessRegistry;
 
-/// What a kernel report says happened.
+/// Kind of a kernel network report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelAction {
     /// An outgoing TCP connection completed its handshake.
@@ -68,11 +68,11 @@ pub struct KernelNetEvent {
     pub udp_connected: bool,
 }
 
-/// What the network collector needs from the eBPF tier.
+/// Input of the network collector from the eBPF tier.
 pub struct KernelInput {
     /// The tier's network reports.
     pub events: Receiver<KernelNetEvent>,
-    /// Processes the enricher knows, for reports whose process exited
+    /// Processes recorded by the enricher, for reports whose process exited
     /// before `/proc` could be read.
     pub processes: Option<Arc<ProcessRegistry>>,
 }
@@ -83,9 +83,9 @@ pub struct KernelInput {
 const CLOSED_KEPT: Duration = Duration::from_secs(10);
 /// Age after which a UDP port's owner is forgotten.
 const UDP_OWNER_KEPT: Duration = Duration::from_secs(120);
-/// Most UDP owners kept; past it the oldest half is dropped.
+/// Maximum UDP owners kept; past it the older half is dropped.
 const MAX_UDP_OWNERS: usize = 65536;
-/// Most TCP flows kept; past it closed flows are dropped first.
+/// Maximum TCP flows kept; past it closed flows are dropped first.
 const MAX_TCP_FLOWS: usize = 262_144;
 
 #[derive(Default)]
@@ -107,12 +107,14 @@ impl KernelFlows {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True when the kernel reported this TCP flow, open or lately closed.
+    /// Returns true when the kernel reported this TCP flow, open or lately
+    /// closed.
     pub(crate) fn has_tcp(&self, netns: u64, key: &FlowKey) -> bool {
         self.lock().tcp.contains_key(&(netns, *key))
     }
 
-    /// The process that last used UDP port `port` in namespace `netns`.
+    /// Returns the process that last used UDP port `port` in namespace
+    /// `netns`.
     pub(crate) fn udp_owner(&self, netns: u64, port: u16) -> Option<ProcessContext> {
         self.lock()
             .udp_owners
@@ -206,7 +208,7 @@ struct ContextCache {
 
 /// Age after which a cached context is looked up again.
 const CONTEXT_REFRESH: Duration = Duration::from_secs(5);
-/// Contexts kept; past it the cache is cleared.
+/// Maximum contexts kept; past it the cache is cleared.
 const MAX_CONTEXTS: usize = 16384;
 
 impl ContextCache {
@@ -226,9 +228,9 @@ impl ContextCache {
     }
 }
 
-/// The process of a report: as the enricher knows it, else read from
-/// `/proc` while it runs, else (it exited, or its pid was reused) what the
-/// report itself carries.
+/// Returns the process of a report: from the enricher's registry, else
+/// read from `/proc` while it runs, else (it exited, or its pid was reused)
+/// built from the report itself.
 fn process_of(
     event: &KernelNetEvent,
     processes: Option<&ProcessRegistry>,

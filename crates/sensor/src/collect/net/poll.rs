@@ -8,10 +8,10 @@
 //! until the server accepts them.
 //!
 //! With the eBPF tier's reports ([`KernelFlows`]), the first pass still
-//! reports every connection open at start, and later passes report only a
-//! TCP flow the kernel did not, once it was seen in two passes (so a report
-//! still in the ring buffer is not raced). UDP sockets are then reported by
-//! the kernel only, per peer.
+//! reports every connection open at start. Later passes report only a TCP
+//! flow the kernel did not, once two passes saw it, so a report still in the
+//! ring buffer is not raced. UDP sockets are then reported by the kernel
+//! only, per peer.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
