@@ -17,7 +17,7 @@
 //!   sends, so the DNS capture can name the process a response is for even
 //!   after its socket closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -163,38 +163,84 @@ impl KernelFlows {
 pub(crate) fn run(
     input: KernelInput,
     flows: Arc<KernelFlows>,
-    mut attributor: Attributor,
+    attributor: Attributor,
     hostname: String,
     stats: Arc<NetStats>,
     sink: Sink,
     stop: Arc<AtomicBool>,
 ) {
     let KernelInput { events, processes } = input;
-    let mut cache = ContextCache::default();
+    let mut resolver = Resolver {
+        processes,
+        attributor,
+        cache: ContextCache::default(),
+    };
+    // Reports whose process exited before it could be read and that the
+    // registry does not know yet, in arrival order with their deadline.
+    // Later reports queue behind them so one flow's records stay in order.
+    let mut waiting: VecDeque<(KernelNetEvent, Instant)> = VecDeque::new();
     let mut last_prune = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        match events.recv_timeout(Duration::from_millis(200)) {
+        let timeout = if waiting.is_empty() { 200 } else { 20 };
+        match events.recv_timeout(Duration::from_millis(timeout)) {
             Ok(event) => {
                 NetStats::add(&stats.kernel_events, 1);
-                let process = cache.get(&event).unwrap_or_else(|| {
-                    let process = process_of(&event, processes.as_deref(), &mut attributor);
-                    cache.put(&event, &process);
-                    process
-                });
-                let record = handle(&event, process, &flows, &hostname, &stats);
-                if let Some(record) = record {
-                    if !sink.send(record) {
-                        return;
-                    }
-                }
+                waiting.push_back((event, Instant::now() + REGISTRY_WAIT));
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Some((event, deadline)) = waiting.front() {
+            let process = match resolver.process(event) {
+                Some(process) => process,
+                None if Instant::now() >= *deadline || resolver.processes.is_none() => {
+                    resolver.gone(event)
+                }
+                None => break,
+            };
+            let (event, _) = waiting.pop_front().expect("front exists");
+            if let Some(record) = handle(&event, process, &flows, &hostname, &stats) {
+                if !sink.send(record) {
+                    return;
+                }
+            }
         }
         if last_prune.elapsed() >= Duration::from_secs(1) {
             last_prune = Instant::now();
             flows.prune();
         }
+    }
+}
+
+/// Longest wait for the enricher to record a process that exited before
+/// its report was handled. The exec fact and the network report travel on
+/// different channels, so the report can come first.
+const REGISTRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Finds the process of each report.
+struct Resolver {
+    processes: Option<Arc<ProcessRegistry>>,
+    attributor: Attributor,
+    cache: ContextCache,
+}
+
+impl Resolver {
+    /// Returns the process of a report from the cache, the enricher's
+    /// registry or `/proc`, or `None` when it exited and is not known yet.
+    fn process(&mut self, event: &KernelNetEvent) -> Option<ProcessContext> {
+        if let Some(process) = self.cache.get(event) {
+            return Some(process);
+        }
+        let process = process_of(event, self.processes.as_deref(), &mut self.attributor)?;
+        self.cache.put(event, &process);
+        Some(process)
+    }
+
+    /// Builds the context of a process known only from its report.
+    fn gone(&self, event: &KernelNetEvent) -> ProcessContext {
+        self.attributor
+            .gone_process(event.pid, event.start_ticks, &event.comm)
     }
 }
 
@@ -229,28 +275,25 @@ impl ContextCache {
 }
 
 /// Returns the process of a report: from the enricher's registry, else
-/// read from `/proc` while it runs, else (it exited, or its pid was reused)
-/// built from the report itself.
+/// read from `/proc` while it runs. `None` when it exited or its pid was
+/// reused.
 fn process_of(
     event: &KernelNetEvent,
     processes: Option<&ProcessRegistry>,
     attributor: &mut Attributor,
-) -> ProcessContext {
+) -> Option<ProcessContext> {
     if let Some(known) = processes.and_then(|p| p.get(event.pid, event.start_ticks)) {
-        return ProcessContext {
+        return Some(ProcessContext {
             pid: event.pid,
             start_ticks: known.start_ticks,
             comm: known.comm,
             atom: known.atom,
             container: known.container.map(|c| (*c).clone()),
-        };
+        });
     }
-    match attributor.context(event.pid) {
-        Some(context) if event.start_ticks == 0 || context.start_ticks == event.start_ticks => {
-            context
-        }
-        _ => attributor.gone_process(event.pid, event.start_ticks, &event.comm),
-    }
+    attributor
+        .context(event.pid)
+        .filter(|context| event.start_ticks == 0 || context.start_ticks == event.start_ticks)
 }
 
 fn handle(
@@ -311,4 +354,137 @@ fn handle(
     record.routing.event_time = event.time_ns / 1_000_000;
     record.set("TIMESTAMP", event.time_ns / 1_000_000);
     Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::net::NoContainers;
+    use crate::process::KnownProcess;
+    use std::path::Path;
+    use std::sync::mpsc::sync_channel;
+
+    /// A pid far above any default pid_max, so `/proc` never has it.
+    const GONE_PID: u32 = 0x3fff_fff0;
+
+    fn connect_report() -> KernelNetEvent {
+        KernelNetEvent {
+            action: KernelAction::TcpConnect,
+            proto: Proto::Tcp4,
+            local: "10.1.0.2:40000".parse().unwrap(),
+            remote: "10.1.0.3:80".parse().unwrap(),
+            netns: 4026532000,
+            pid: GONE_PID,
+            start_ticks: 777,
+            comm: "curl".into(),
+            time_ns: 1_700_000_000_000_000_000,
+            outgoing: true,
+            udp_connected: false,
+        }
+    }
+
+    struct Running {
+        events: std::sync::mpsc::SyncSender<KernelNetEvent>,
+        records: tokio::sync::mpsc::Receiver<Record>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn start(registry: Arc<ProcessRegistry>) -> Running {
+        let (events_tx, events) = sync_channel(16);
+        let (tx, records) = tokio::sync::mpsc::channel(16);
+        let stats = Arc::new(NetStats::default());
+        let sink = Sink {
+            tx,
+            stats: stats.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let input = KernelInput {
+            events,
+            processes: Some(registry),
+        };
+        let attributor = Attributor::new(Path::new("/"), Arc::new(NoContainers));
+        let flows = Arc::new(KernelFlows::default());
+        let thread_stop = stop.clone();
+        let thread = std::thread::spawn(move || {
+            run(
+                input,
+                flows,
+                attributor,
+                "host".into(),
+                stats,
+                sink,
+                thread_stop,
+            )
+        });
+        Running {
+            events: events_tx,
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn next_record(running: &mut Running, within: Duration) -> Option<Record> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(record) = running.records.try_recv() {
+                return Some(record);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn report_waits_for_late_registry() {
+        let registry = Arc::new(ProcessRegistry::default());
+        let mut running = start(registry.clone());
+        running.events.send(connect_report()).unwrap();
+        assert!(
+            next_record(&mut running, Duration::from_millis(300)).is_none(),
+            "sent before the process was known"
+        );
+
+        registry.record(
+            GONE_PID,
+            KnownProcess {
+                start_ticks: 777,
+                atom: "a".repeat(32),
+                comm: "curl".into(),
+                container: Some(Arc::new(serde_json::json!({"ID": "c0ffee"}))),
+            },
+        );
+        let record = next_record(&mut running, Duration::from_secs(2)).expect("record");
+        assert_eq!(record.routing.event_type, "NEW_TCP4_CONNECTION");
+        assert_eq!(record.event["CONTAINER"]["ID"], "c0ffee");
+        assert_eq!(record.event["PROCESS_ID"], GONE_PID);
+        assert_eq!(
+            record.routing.this.as_deref(),
+            Some("a".repeat(32).as_str())
+        );
+    }
+
+    #[test]
+    fn unknown_process_reported_after_wait() {
+        let registry = Arc::new(ProcessRegistry::default());
+        let mut running = start(registry);
+        let sent = Instant::now();
+        running.events.send(connect_report()).unwrap();
+        let record = next_record(&mut running, REGISTRY_WAIT * 2).expect("record");
+        assert!(sent.elapsed() >= REGISTRY_WAIT);
+        assert_eq!(record.event["PROCESS_ID"], GONE_PID);
+        assert!(record.event.get("CONTAINER").is_none());
+        // The atom is still derived from the pid and start time.
+        assert_eq!(record.routing.this.as_deref().map(str::len), Some(32));
+    }
 }
