@@ -213,7 +213,7 @@ pub(crate) fn run(
     }
 }
 
-/// Longest wait for the enricher to record a process that exited before
+/// Maximum wait for the enricher to record a process that exited before
 /// its report was handled. The exec fact and the network report travel on
 /// different channels, so the report can come first.
 const REGISTRY_WAIT: Duration = Duration::from_secs(2);
