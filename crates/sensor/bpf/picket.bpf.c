@@ -864,9 +864,11 @@ struct pending_io {
 	u64 sk;
 };
 
-/* A UDP socket and one of its peers. */
+/* A UDP socket and one of its peers. The kernel reuses a freed socket's
+ * memory, so the socket is named by its address and its inode number. */
 struct udp_peer {
 	u64 sk;
+	u64 ino;
 	u8 addr[16];
 	u16 port;
 	u16 pad;
@@ -1046,18 +1048,23 @@ static __always_inline int read_user_peer(struct net_event *ev, u64 addr)
 	if (!addr || bpf_probe_read_user(sa, sizeof(sa), (void *)addr) < 0)
 		return 0;
 	u16 family = sa[0] | (sa[1] << 8);
-	ev->remote_port = (sa[2] << 8) | sa[3];
+	u16 port = (sa[2] << 8) | sa[3];
 	if (family == AF_INET && ev->family == AF_INET) {
 		__builtin_memcpy(ev->remote_addr, &sa[4], 4);
-		return 1;
-	}
-	if (family == AF_INET6 && ev->family == AF_INET6) {
+	} else if (family == AF_INET6 && ev->family == AF_INET6) {
 		__builtin_memcpy(ev->remote_addr, &sa[8], 16);
-		return 1;
+	} else if (family == AF_INET && ev->family == AF_INET6) {
+		/* A dual-stack socket accepts a sockaddr_in: the peer is the
+		 * IPv4-mapped address. */
+		__builtin_memset(ev->remote_addr, 0, 10);
+		ev->remote_addr[10] = 0xff;
+		ev->remote_addr[11] = 0xff;
+		__builtin_memcpy(&ev->remote_addr[12], &sa[4], 4);
+	} else {
+		return 0;
 	}
-	/* An IPv6 socket may be handed an IPv4 address only when it is
-	 * IPv4-only in practice; report nothing rather than guess. */
-	return 0;
+	ev->remote_port = port;
+	return 1;
 }
 
 /* User address of the peer sockaddr a pending call names. */
@@ -1075,7 +1082,11 @@ static __always_inline u64 peer_addr_of(struct pending_io *io)
 /* Reports a UDP socket's peer the first time it is seen. */
 static __always_inline void report_udp_peer(struct net_event *ev, u32 action, struct sock *sk)
 {
+	struct socket *sock = rd(sk->sk_socket);
+	struct file *file = sock ? rd(sock->file) : 0;
+	struct inode *inode = file ? rd(file->f_inode) : 0;
 	struct udp_peer peer = { .sk = (u64)sk, .port = ev->remote_port };
+	peer.ino = inode ? rd(inode->i_ino) : 0;
 	__builtin_memcpy(peer.addr, ev->remote_addr, 16);
 	u8 one = 1;
 	if (bpf_map_update_elem(&udp_peers, &peer, &one, BPF_NOEXIST) != 0)
@@ -1095,18 +1106,20 @@ static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
 	struct net_event ev = {};
 	put_endpoints(&ev, sk);
 	u32 action = sending ? NET_UDP_SEND : NET_UDP_RECV;
-	if (ev.remote_port != 0) {
+	struct pending_io *io = bpf_map_lookup_elem(&pending_io, &pid_tgid);
+	if (ev.remote_port != 0)
 		ev.flags = NET_FLAG_UDP_CONNECTED;
+	/* A connected socket may still send to an address given in the call,
+	 * so that address comes first. */
+	if (sending && io && read_user_peer(&ev, peer_addr_of(io))) {
 		report_udp_peer(&ev, action, sk);
 		return;
 	}
-	struct pending_io *io = bpf_map_lookup_elem(&pending_io, &pid_tgid);
-	if (!io)
+	if (ev.remote_port != 0) {
+		report_udp_peer(&ev, action, sk);
 		return;
-	if (sending) {
-		if (read_user_peer(&ev, peer_addr_of(io)))
-			report_udp_peer(&ev, action, sk);
-	} else {
+	}
+	if (io && !sending) {
 		/* The peer address reaches user memory only after this point. */
 		io->sk = (u64)sk;
 	}

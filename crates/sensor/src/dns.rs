@@ -2,9 +2,10 @@
 //!
 //! The input is whatever a packet socket delivered, so every read is bounds
 //! checked and every failure is a [`DnsError`] variant that the caller counts.
-//! Compression pointers must point strictly before the pointer itself, which
-//! makes pointer loops impossible; the number of jumps per name is capped as
-//! well. Names are rendered in master-file text form: bytes outside printable
+//! Compression pointers may point anywhere in the message, forward too, as
+//! the stub resolvers of glibc and busybox accept. Loops end at a cap on the
+//! jumps per name: half the message length, as each pointer takes two bytes,
+//! and at least [`MAX_POINTER_JUMPS`]. Names are rendered in master-file text form: bytes outside printable
 //! ASCII become `\DDD` and a dot or backslash inside a label is escaped, so the
 //! text maps back to the wire labels without loss.
 
@@ -14,8 +15,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const MAX_NAME_WIRE_LEN: usize = 255;
 /// Maximum length of one label (RFC 1035 §2.3.4).
 pub const MAX_LABEL_LEN: usize = 63;
-/// Maximum compression pointers followed while reading one name. A name of at
-/// most 127 labels never needs more pointers than labels.
+/// Minimum cap on compression pointers followed while reading one name. A
+/// name of at most 127 labels needs no more pointers than labels, but a
+/// message may chain more, and clients follow up to half its length.
 pub const MAX_POINTER_JUMPS: usize = 127;
 /// Maximum answer records kept per message; the rest are dropped and reported
 /// through [`Message::answers_dropped`].
@@ -38,9 +40,7 @@ pub enum DnsError {
     ReservedLabelType { offset: usize, bits: u8 },
     #[error("dns name at offset {offset} is longer than {MAX_NAME_WIRE_LEN} bytes")]
     NameTooLong { offset: usize },
-    #[error("dns compression pointer at offset {offset} points forward to {target}")]
-    PointerNotBackward { offset: usize, target: usize },
-    #[error("dns name at offset {offset} follows more than {MAX_POINTER_JUMPS} pointers")]
+    #[error("dns name at offset {offset} follows too many compression pointers (a loop)")]
     TooManyPointers { offset: usize },
     #[error("dns record type {rtype} at offset {offset} has invalid rdata length {len}")]
     BadRdataLength { offset: usize, rtype: u16, len: u16 },
@@ -55,7 +55,6 @@ impl DnsError {
             DnsError::Truncated { .. } => "truncated",
             DnsError::ReservedLabelType { .. } => "reserved_label_type",
             DnsError::NameTooLong { .. } => "name_too_long",
-            DnsError::PointerNotBackward { .. } => "pointer_not_backward",
             DnsError::TooManyPointers { .. } => "too_many_pointers",
             DnsError::BadRdataLength { .. } => "bad_rdata_length",
             DnsError::NotResponse => "not_response",
@@ -230,9 +229,10 @@ impl Reader<'_> {
             }
             TYPE_CNAME => {
                 // The target may be compressed against the whole message, but
-                // its wire form must end inside the rdata.
+                // its wire form must end inside the rdata. Bytes after it are
+                // ignored, as clients ignore them.
                 let (target, end) = read_name(self.packet, rdata_offset)?;
-                if end != self.pos {
+                if end > self.pos {
                     return Err(bad_length);
                 }
                 RecordData::Cname(target)
@@ -289,14 +289,8 @@ fn read_name(packet: &[u8], start: usize) -> Result<(String, usize), DnsError> {
                     .get(pos + 1)
                     .ok_or(DnsError::Truncated { offset: pos + 1 })?;
                 let target = (((len_byte & 0x3f) as usize) << 8) | low as usize;
-                if target >= pos {
-                    return Err(DnsError::PointerNotBackward {
-                        offset: pos,
-                        target,
-                    });
-                }
                 jumps += 1;
-                if jumps > MAX_POINTER_JUMPS {
+                if jumps > MAX_POINTER_JUMPS.max(packet.len() / 2) {
                     return Err(DnsError::TooManyPointers { offset: start });
                 }
                 end_after_first_pointer.get_or_insert(pos + 2);
@@ -502,32 +496,36 @@ mod tests {
         packet.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
         assert_eq!(
             parse_response(&packet),
-            Err(DnsError::PointerNotBackward {
-                offset,
-                target: offset
-            })
+            Err(DnsError::TooManyPointers { offset })
         );
     }
 
     #[test]
     fn pointer_cycle_is_rejected() {
-        // Header, then at 12 a pointer to 14, at 14 a pointer to 12: the
-        // second pointer points backward but the first points forward.
+        // Header, then at 12 a pointer to 14, at 14 a pointer to 12.
         let mut packet = vec![0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0];
         packet.extend_from_slice(&[0xc0, 14, 0xc0, 12, 0, 1, 0, 1]);
         assert_eq!(
             parse_response(&packet),
-            Err(DnsError::PointerNotBackward {
-                offset: 12,
-                target: 14
-            })
+            Err(DnsError::TooManyPointers { offset: 12 })
         );
     }
 
     #[test]
-    fn long_pointer_chain_is_capped() {
-        // A chain of backward pointers longer than the cap: each two-byte
-        // pointer at offset 14 + 2k points to the one before it.
+    fn forward_pointer_is_followed() {
+        // At 12 a pointer forward to 18, at 14 the question's type and
+        // class, at 18 the name "ab".
+        let mut packet = vec![0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        packet.extend_from_slice(&[0xc0, 18, 0, 1, 0, 1, 2, b'a', b'b', 0]);
+        assert_eq!(read_name(&packet, 12), Ok(("ab".to_owned(), 14)));
+        let message = parse_response(&packet).unwrap();
+        assert_eq!(message.questions[0].name, "ab");
+    }
+
+    #[test]
+    fn long_pointer_chain_is_followed() {
+        // A chain of 201 pointers, more than a name has labels: each
+        // two-byte pointer at offset 14 + 2k points to the one before it.
         let mut packet = vec![0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
         packet[12] = 0;
         let mut last = 12usize;
@@ -538,13 +536,46 @@ mod tests {
         }
         let question_at = packet.len();
         packet.extend_from_slice(&[0xc0 | (last >> 8) as u8, last as u8, 0, 1, 0, 1]);
-        // Point the header's question at the end of the chain.
-        let result = read_name(&packet, question_at);
         assert_eq!(
-            result,
-            Err(DnsError::TooManyPointers {
-                offset: question_at
-            })
+            read_name(&packet, question_at),
+            Ok((".".to_owned(), question_at + 2))
+        );
+    }
+
+    #[test]
+    fn pointer_chain_past_half_the_message_is_capped() {
+        // 60 pointers in a 140-byte message: the cap is 127 jumps, and a
+        // loop through them exceeds it.
+        let mut packet = vec![0, 1, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let first = packet.len();
+        for k in 0..60 {
+            let next = if k == 59 { first } else { packet.len() + 2 };
+            packet.extend_from_slice(&[0xc0 | (next >> 8) as u8, next as u8]);
+        }
+        packet.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            read_name(&packet, first),
+            Err(DnsError::TooManyPointers { offset: first })
+        );
+    }
+
+    #[test]
+    fn cname_with_trailing_rdata_bytes_parses() {
+        let mut packet = build::query(7, "a.test", TYPE_A);
+        packet[2] = 0x81;
+        packet[3] = 0x80;
+        packet[7] = 1;
+        // Answer: pointer to the question name, CNAME, class IN, TTL 60,
+        // rdata = "b.test" then two stray bytes.
+        packet.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60]);
+        let target = [1, b'b', 4, b't', b'e', b's', b't', 0, 0xde, 0xad];
+        packet.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&target);
+        let message = parse_response(&packet).unwrap();
+        assert_eq!(message.answers.len(), 1);
+        assert_eq!(
+            message.answers[0].data,
+            RecordData::Cname("b.test".to_owned())
         );
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use picket_event::key::InstallationKey;
 
 use crate::auth;
-use crate::filter::FilterArgs;
+use crate::filter::{EventQuery, FilterArgs};
 use crate::output::{event_row, write_stream_header, write_stream_row, write_table, EVENT_HEADERS};
 use crate::store::{SqliteStore, Store};
 use crate::timefmt::format_ms;
@@ -261,6 +261,16 @@ pub fn sensors_list(
     }
 }
 
+/// Rejects a `--type` that no sensor sends and no stored event has.
+fn reject_unknown_type(store: &dyn Store, query: &EventQuery) -> anyhow::Result<()> {
+    if let Some((error, probe)) = query.unknown_type() {
+        if store.query_events(&probe)?.is_empty() {
+            return Err(error.into());
+        }
+    }
+    Ok(())
+}
+
 pub fn events_query(
     data_dir: &Path,
     org: Option<&str>,
@@ -271,6 +281,7 @@ pub fn events_query(
     let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
     query.org_id = org_id_of(&store, org)?;
+    reject_unknown_type(&store, &query)?;
     let mut events = store.query_events(&query)?;
     // The store returns the newest first; people read oldest first.
     events.reverse();
@@ -299,6 +310,7 @@ pub fn events_follow(
     let store = open_existing_store(data_dir)?;
     let mut query = filters.parse(picket_event::record::now_ms())?;
     query.org_id = org_id_of(&store, org)?;
+    reject_unknown_type(&store, &query)?;
     query.after_num = Some(store.last_event_num()?);
     if format == Format::Table {
         write_stream_header(out, &EVENT_HEADERS)?;

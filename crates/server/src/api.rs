@@ -152,12 +152,24 @@ fn parse_filters(raw: Option<String>) -> Result<FilterArgs, ApiError> {
     Ok(args)
 }
 
-fn build_query(raw: Option<String>, org_id: String) -> Result<EventQuery, ApiError> {
+async fn build_query(
+    store: &Arc<dyn Store>,
+    raw: Option<String>,
+    org_id: String,
+) -> Result<EventQuery, ApiError> {
     let args = parse_filters(raw)?;
     let mut query = args
         .parse(picket_event::record::now_ms())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     query.org_id = Some(org_id);
+    // A type no sensor sends is a mistake unless such events are stored
+    // (from a sensor newer than this server).
+    if let Some((error, probe)) = query.unknown_type() {
+        let stored = blocking(store, move |s| s.query_events(&probe)).await?;
+        if stored.is_empty() {
+            return Err(ApiError(StatusCode::BAD_REQUEST, error.to_string()));
+        }
+    }
     Ok(query)
 }
 
@@ -179,7 +191,7 @@ async fn query_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let org_id = authorize(&state, &headers).await?;
-    let query = build_query(raw, org_id)?;
+    let query = build_query(&state.store, raw, org_id).await?;
     let events = blocking(&state.store, move |s| s.query_events(&query)).await?;
 
     let mut body = String::from("{\"events\":[");
@@ -199,7 +211,7 @@ async fn follow_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let org_id = authorize(&state, &headers).await?;
-    let mut query = build_query(raw, org_id)?;
+    let mut query = build_query(&state.store, raw, org_id).await?;
     query.after_num = Some(blocking(&state.store, |s| s.last_event_num()).await?);
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);

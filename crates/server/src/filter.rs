@@ -35,7 +35,8 @@ pub enum FilterError {
     #[error("invalid --{name} {value:?}: must not be empty")]
     Empty { name: &'static str, value: String },
     #[error(
-        "invalid --type {value:?}: no event type has this name.{} Known types: {}",
+        "invalid --type {value:?}: no sensor sends this type and no stored event has it.{} \
+         Known types: {}",
         suggestion.map(|s| format!(" Did you mean {s}?")).unwrap_or_default(),
         known_event_types().collect::<Vec<_>>().join(", ")
     )]
@@ -56,8 +57,6 @@ pub fn known_event_types() -> impl Iterator<Item = &'static str> {
 
 /// Checks `--type` against [`known_event_types`]. A query for a known type
 /// that no stored event has is valid and returns nothing.
-// NOTE: a type emitted by a sensor newer than this server is stored but
-// rejected here until the server learns its name.
 fn check_event_type(value: &str) -> Result<(), FilterError> {
     if known_event_types().any(|known| known == value) {
         return Ok(());
@@ -229,10 +228,9 @@ impl FilterArgs {
             return Err(FilterError::Limit(limit));
         }
 
+        // An unknown type is checked against the store by the caller, see
+        // [`EventQuery::unknown_type`].
         let event_type = text("type", &self.event_type)?;
-        if let Some(event_type) = &event_type {
-            check_event_type(event_type)?;
-        }
 
         Ok(EventQuery {
             org_id: None,
@@ -251,6 +249,23 @@ impl FilterArgs {
             after_num: None,
             limit,
         })
+    }
+}
+
+impl EventQuery {
+    /// Returns the error for an event type that no Picket sensor sends, with
+    /// the query that finds whether such events are stored anyway. A sensor
+    /// newer than this server may send types the server does not know, so
+    /// callers reject the type only when that query finds nothing.
+    pub fn unknown_type(&self) -> Option<(FilterError, EventQuery)> {
+        let error = check_event_type(self.event_type.as_deref()?).err()?;
+        let probe = EventQuery {
+            org_id: self.org_id.clone(),
+            event_type: self.event_type.clone(),
+            limit: 1,
+            ..EventQuery::default()
+        };
+        Some((error, probe))
     }
 }
 
@@ -454,11 +469,9 @@ mod tests {
         };
 
         for known in ["NEW_PROCESS", "FILE_RENAME", "NETSTAT_REP", "sensor_clone"] {
-            assert_eq!(
-                parse(known).unwrap().event_type.as_deref(),
-                Some(known),
-                "{known} was rejected"
-            );
+            let query = parse(known).unwrap();
+            assert_eq!(query.event_type.as_deref(), Some(known));
+            assert!(query.unknown_type().is_none(), "{known} was rejected");
         }
 
         for (name, suggestion) in [
@@ -469,7 +482,18 @@ mod tests {
             ("PROCESS_START", None),
             ("NEW_PROCESS ", Some("NEW_PROCESS")),
         ] {
-            let error = parse(name).unwrap_err();
+            let query = FilterArgs {
+                event_type: Some(name.into()),
+                sensor: Some("host-a".into()),
+                ..Default::default()
+            }
+            .parse(0)
+            .expect("an unknown type parses; the store decides");
+            let (error, probe) = query.unknown_type().expect("unknown type");
+            // The probe only checks whether this type is stored at all.
+            assert_eq!(probe.event_type.as_deref(), Some(name));
+            assert_eq!(probe.sensor, None);
+            assert_eq!(probe.limit, 1);
             assert_eq!(
                 error,
                 FilterError::UnknownType {

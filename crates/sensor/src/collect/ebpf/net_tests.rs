@@ -244,3 +244,63 @@ print(json.dumps(out))"
     assert!(events.iter().all(|e| e.proto == Proto::Udp4));
     assert_eq!(events.len(), 6, "{events:#?}");
 }
+
+#[test]
+fn reused_socket_memory_reported_again() {
+    let Some(tier) = start_tier() else { return };
+    // Each socket sends to the same peer and closes, so the kernel often
+    // hands the next socket the same memory.
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0))
+locals = []
+for i in range(20):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b'x', r.getsockname())
+    locals.append(s.getsockname())
+    s.close()
+print(json.dumps({{'r': r.getsockname(), 'locals': locals}}))"
+    ));
+    let r = addr(&ports["r"]);
+    let events = reports_of(&tier, pid, |e| e.len() >= 20);
+    let sends: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == KernelAction::UdpSend && e.remote == r)
+        .map(|e| e.local)
+        .collect();
+    let expected: Vec<SocketAddr> = ports["locals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(addr)
+        .collect();
+    assert_eq!(sends, expected, "{events:#?}");
+}
+
+#[test]
+fn connected_socket_sendto_reports_given_peer() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(('127.0.0.1', 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(('127.0.0.1', 0))
+k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); k.connect(a.getsockname())
+k.sendto(b'x', b.getsockname())
+print(json.dumps({{'b': b.getsockname(), 'k': k.getsockname()}}))"
+    ));
+    let b = addr(&ports["b"]);
+    let k = addr(&ports["k"]);
+    let events = reports_of(&tier, pid, |e| {
+        e.iter()
+            .any(|e| e.action == KernelAction::UdpSend && e.local == k)
+    });
+    let send = events
+        .iter()
+        .find(|e| e.action == KernelAction::UdpSend && e.local == k)
+        .unwrap_or_else(|| panic!("no send from the connected socket in {events:#?}"));
+    assert_eq!(
+        send.remote, b,
+        "the address given to sendto, not the connected peer"
+    );
+    assert!(send.udp_connected);
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use picket_event::Record;
 
 use super::poll::FlowKey;
-use super::procfs::{tcp_state, Proto};
+use super::procfs::{self, tcp_state, Proto};
 use super::record::{self, Attributor, Connection, ProcessContext};
 use super::{NetStats, Sink};
 use crate::process::ProcessRegistry;
@@ -183,8 +183,15 @@ pub(crate) fn run(
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let timeout = if waiting.is_empty() { 200 } else { 20 };
         match events.recv_timeout(Duration::from_millis(timeout)) {
-            Ok(event) => {
+            Ok(mut event) => {
                 NetStats::add(&stats.kernel_events, 1);
+                // An IPv4 flow on a dual-stack socket is reported as IPv4,
+                // as the socket tables report it.
+                if let Some((proto, local, remote)) =
+                    procfs::unmap_endpoints(event.proto, event.local, event.remote)
+                {
+                    (event.proto, event.local, event.remote) = (proto, local, remote);
+                }
                 waiting.push_back((event, Instant::now() + REGISTRY_WAIT));
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -169,29 +169,44 @@ fn parse_line(proto: Proto, line: &str) -> Option<SocketEntry> {
 /// with `::ffff:a.b.c.d` endpoints, as a server bound to `::` accepts them)
 /// as the IPv4 flow it is on the wire. Sockets bound to `::` stay IPv6.
 pub(crate) fn unmap_ipv4(entry: SocketEntry) -> SocketEntry {
-    let proto = match entry.proto {
+    match unmap_endpoints(entry.proto, entry.local, entry.remote) {
+        Some((proto, local, remote)) => SocketEntry {
+            proto,
+            local,
+            remote,
+            ..entry
+        },
+        None => entry,
+    }
+}
+
+/// Returns the IPv4 form of an IPv6 flow whose endpoints are IPv4-mapped, or
+/// `None` when the flow is not one. Every tier reports such flows this way.
+pub(crate) fn unmap_endpoints(
+    proto: Proto,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> Option<(Proto, SocketAddr, SocketAddr)> {
+    let proto = match proto {
         Proto::Tcp6 => Proto::Tcp4,
         Proto::Udp6 => Proto::Udp4,
-        _ => return entry,
+        _ => return None,
     };
     let as_ipv4 = |addr: SocketAddr| match addr.ip() {
         IpAddr::V6(ip) => ip.to_ipv4_mapped(),
         IpAddr::V4(ip) => Some(ip),
     };
-    let Some(local) = as_ipv4(entry.local) else {
-        return entry;
-    };
-    let remote = match as_ipv4(entry.remote) {
+    let local_ip = as_ipv4(local)?;
+    let remote_ip = match as_ipv4(remote) {
         Some(remote) => remote,
-        None if entry.remote.ip().is_unspecified() => Ipv4Addr::UNSPECIFIED,
-        None => return entry,
+        None if remote.ip().is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        None => return None,
     };
-    SocketEntry {
+    Some((
         proto,
-        local: SocketAddr::new(IpAddr::V4(local), entry.local.port()),
-        remote: SocketAddr::new(IpAddr::V4(remote), entry.remote.port()),
-        ..entry
-    }
+        SocketAddr::new(IpAddr::V4(local_ip), local.port()),
+        SocketAddr::new(IpAddr::V4(remote_ip), remote.port()),
+    ))
 }
 
 fn parse_endpoint(text: &str) -> Option<SocketAddr> {
