@@ -14,6 +14,7 @@
 #define EVENT_EXIT 3
 #define EVENT_FILE 4
 #define EVENT_NET 5
+#define EVENT_DNS 6
 
 /* Longest path text sent, in bytes (PATH_MAX without its NUL). */
 #define PATH_CAP 4095
@@ -147,6 +148,22 @@ struct net_event {
 	u8 comm[16];
 };
 
+/* Bytes of a DNS response copied from the receiving process's buffer. */
+#define DNS_PAYLOAD_CAP 512
+
+/*
+ * A UDP datagram from port 53 as the process read it: the connection fields
+ * (action 0) and the first bytes of the payload.
+ */
+struct dns_event {
+	struct net_event net;
+	u32 payload_len;
+	u32 pad;
+	/* At most DNS_PAYLOAD_CAP bytes are used; the second half is slack
+	 * for the verifier's bound on a masked length. */
+	u8 payload[DNS_PAYLOAD_CAP * 2];
+};
+
 #define EXEC_DATA_OFFSET 80
 #define FILE_DATA_OFFSET 40
 
@@ -159,5 +176,6 @@ _Static_assert(__builtin_offsetof(struct file_event, data) == FILE_DATA_OFFSET, 
 _Static_assert(__builtin_offsetof(struct net_event, local_addr) == 48, "net_event layout");
 _Static_assert(__builtin_offsetof(struct net_event, sock) == 80, "net_event layout");
 _Static_assert(sizeof(struct net_event) == 104, "net_event layout");
+_Static_assert(__builtin_offsetof(struct dns_event, payload) == 112, "dns_event layout");
 
 #endif

@@ -90,6 +90,7 @@ const volatile s32 nr_sendmmsg = -1;
 const volatile s32 nr_recvfrom = -1;
 const volatile s32 nr_recvmsg = -1;
 const volatile s32 nr_recvmmsg = -1;
+const volatile s32 nr_read = -1;
 
 struct path_scratch {
 	u8 buf[PATH_END + 256];
@@ -898,6 +899,94 @@ struct {
 	__type(value, u8);
 } udp_peers SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct dns_event);
+} dns_scratch SEC(".maps");
+
+#define DNS_PORT 53
+
+/* User address of the buffer a receive call filled: the second argument of
+ * read and recvfrom, the first iovec of recvmsg's msghdr. */
+static __always_inline u64 recv_buffer(s32 nr, u64 arg1)
+{
+	if (nr == nr_read || nr == nr_recvfrom)
+		return arg1;
+	if (nr != nr_recvmsg)
+		return 0;
+	u64 iov = 0;
+	u64 base = 0;
+	/* msg_iov follows msg_name (8 bytes) and msg_namelen (padded to 8). */
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(arg1 + 16)) < 0 || !iov)
+		return 0;
+	if (bpf_probe_read_user(&base, sizeof(base), (void *)iov) < 0)
+		return 0;
+	return base;
+}
+
+/* Sends a DNS response the current process received from port 53 into the
+ * user buffer `buf`: `ev` has the endpoints, `len` is what the call
+ * returned. */
+static __always_inline void send_dns_event(struct net_event *ev, u64 buf, long len)
+{
+	u32 zero = 0;
+	struct dns_event *dns = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!dns || !buf || len <= 0)
+		return;
+	u64 copy = len > DNS_PAYLOAD_CAP ? DNS_PAYLOAD_CAP : (u64)len;
+	/* The mask gives the verifier a bound it can check against the
+	 * buffer; the value is already at most DNS_PAYLOAD_CAP. */
+	asm volatile("" : "+r"(copy));
+	copy &= DNS_PAYLOAD_CAP * 2 - 1;
+	if (bpf_probe_read_user(dns->payload, copy, (void *)buf) < 0)
+		return;
+	__builtin_memcpy(&dns->net, ev, sizeof(*ev));
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	dns->net.hdr.kind = EVENT_DNS;
+	dns->net.hdr.tgid = bpf_get_current_pid_tgid() >> 32;
+	dns->net.hdr.time_boot_ns = bpf_ktime_get_boot_ns();
+	dns->net.hdr.start_ticks = start_ticks_of(task);
+	dns->net.action = 0;
+	bpf_get_current_comm(dns->net.comm, sizeof(dns->net.comm));
+	dns->payload_len = copy;
+	if (bpf_ringbuf_output(&events, dns, sizeof(*dns), wakeup_flag()) < 0)
+		count_loss(LOSS_RINGBUF);
+}
+
+/* A UDP socket that sent to port 53, and where to. */
+struct dns_client_key {
+	u64 sk;
+	u64 ino;
+};
+
+struct dns_server {
+	u8 addr[16];
+	u16 port;
+	u16 pad;
+	u32 pad2;
+};
+
+/* Unconnected sockets that sent a query, so their responses can be read
+ * even when the receive call names no address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dns_client_key);
+	__type(value, struct dns_server);
+} dns_clients SEC(".maps");
+
+/* Inode number of a socket's file; with the socket's address it names the
+ * socket, as the kernel reuses freed sockets' memory. */
+static __always_inline u64 sock_ino(struct sock *sk)
+{
+	struct socket *sock = rd(sk->sk_socket);
+	struct file *file = sock ? rd(sock->file) : 0;
+	struct inode *inode = file ? rd(file->f_inode) : 0;
+	return inode ? rd(inode->i_ino) : 0;
+}
+
 static __always_inline int is_send_call(s32 nr)
 {
 	return nr == nr_sendto || nr == nr_sendmsg || nr == nr_sendmmsg;
@@ -1082,11 +1171,8 @@ static __always_inline u64 peer_addr_of(struct pending_io *io)
 /* Reports a UDP socket's peer the first time it is seen. */
 static __always_inline void report_udp_peer(struct net_event *ev, u32 action, struct sock *sk)
 {
-	struct socket *sock = rd(sk->sk_socket);
-	struct file *file = sock ? rd(sock->file) : 0;
-	struct inode *inode = file ? rd(file->f_inode) : 0;
 	struct udp_peer peer = { .sk = (u64)sk, .port = ev->remote_port };
-	peer.ino = inode ? rd(inode->i_ino) : 0;
+	peer.ino = sock_ino(sk);
 	__builtin_memcpy(peer.addr, ev->remote_addr, 16);
 	u8 one = 1;
 	if (bpf_map_update_elem(&udp_peers, &peer, &one, BPF_NOEXIST) != 0)
@@ -1112,6 +1198,12 @@ static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
 	/* A connected socket may still send to an address given in the call,
 	 * so that address comes first. */
 	if (sending && io && read_user_peer(&ev, peer_addr_of(io))) {
+		if (ev.remote_port == DNS_PORT && !(ev.flags & NET_FLAG_UDP_CONNECTED)) {
+			struct dns_client_key client = { .sk = (u64)sk, .ino = sock_ino(sk) };
+			struct dns_server server = { .port = DNS_PORT };
+			__builtin_memcpy(server.addr, ev.remote_addr, 16);
+			bpf_map_update_elem(&dns_clients, &client, &server, BPF_ANY);
+		}
 		report_udp_peer(&ev, action, sk);
 		return;
 	}
@@ -1173,6 +1265,45 @@ static __always_inline void net_sys_exit(s32 nr, long ret, u64 pid_tgid)
 	put_endpoints(&ev, sk);
 	if (read_user_peer(&ev, peer_addr_of(&io)))
 		report_udp_peer(&ev, NET_UDP_RECV, sk);
+}
+
+/*
+ * A UDP socket connected to port 53, or one that sent a query to port 53,
+ * read a datagram: copy the response from the caller's buffer, found
+ * through the syscall's registers. A separate program, as bpf_task_pt_regs
+ * needs Linux 5.15.
+ */
+SEC("tp_btf/sock_recv_length")
+int handle_dns_recv_length(u64 *ctx)
+{
+	struct sock *sk = ctx_arg(ctx, 0);
+	int ret = (int)(u64)ctx_arg(ctx, 1);
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if (!net_events_enabled || ret <= 0 || (u32)(pid_tgid >> 32) == self_tgid)
+		return 0;
+	if (rd(sk->sk_protocol) != IPPROTO_UDP || !is_inet(sk))
+		return 0;
+	struct net_event ev = {};
+	put_endpoints(&ev, sk);
+	if (ev.remote_port == DNS_PORT) {
+		ev.flags = NET_FLAG_UDP_CONNECTED;
+	} else if (ev.remote_port == 0) {
+		struct dns_client_key client = { .sk = (u64)sk, .ino = sock_ino(sk) };
+		struct dns_server *server = bpf_map_lookup_elem(&dns_clients, &client);
+		if (!server)
+			return 0;
+		__builtin_memcpy(ev.remote_addr, server->addr, 16);
+		ev.remote_port = DNS_PORT;
+	} else {
+		return 0;
+	}
+	struct pt_regs *regs = bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return 0;
+	s32 nr = (s32)SYSCALL_NR(regs);
+	send_dns_event(&ev, recv_buffer(nr, SYSCALL_ARG1(regs)), ret);
+	return 0;
 }
 
 SEC("tp_btf/sys_enter")

@@ -267,13 +267,15 @@ impl Enricher {
     }
 
     /// Adds `entry` to the table, and to the registry if there is one.
-    fn insert(&mut self, entry: Entry) {
+    /// `own_cgroup` is false when the container was inherited at fork.
+    fn insert(&mut self, entry: Entry, own_cgroup: bool) {
         if let Some(registry) = &self.registry {
             let known = KnownProcess {
                 start_ticks: entry.info.start_ticks,
                 atom: process_atom(&self.boot_id, entry.info.pid, entry.info.start_ticks),
                 comm: String::from_utf8_lossy(&entry.info.comm).into_owned(),
                 container: entry.container.clone(),
+                own_cgroup,
             };
             registry.record(entry.info.pid, known);
         }
@@ -357,7 +359,7 @@ impl Enricher {
             announced: false,
             details_unavailable: parent.as_ref().is_none_or(|p| p.details_unavailable),
         };
-        self.insert(entry);
+        self.insert(entry, false);
     }
 
     fn on_exec(&mut self, exec: ExecFact) -> Option<Record> {
@@ -705,13 +707,13 @@ impl Enricher {
             announced: false,
             details_unavailable: false,
         };
-        self.insert(entry);
+        self.insert(entry, true);
         Some(key)
     }
 
     fn insert_announced(&mut self, mut entry: Entry) {
         entry.announced = true;
-        self.insert(entry);
+        self.insert(entry, true);
     }
 
     fn set_routing(&self, record: &mut Record, entry: &Entry) {

@@ -401,5 +401,9 @@ fn scenario(tier: Tier) {
             "{}",
             output.stats
         );
+        // Both lookups were read from the client's buffer by the hooks, and
+        // the capture's copies were dropped as already reported.
+        assert_eq!(output.stats["dns_kernel_responses"], 2, "{}", output.stats);
+        assert_eq!(output.stats["dns_read_by_kernel"], 2, "{}", output.stats);
     }
 }

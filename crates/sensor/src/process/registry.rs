@@ -21,6 +21,10 @@ pub struct KnownProcess {
     pub comm: String,
     /// The `CONTAINER` object, `None` for host processes.
     pub container: Option<Arc<Value>>,
+    /// True when the container was read from the process's own cgroup (at
+    /// exec or from `/proc`), false when inherited from its parent at fork.
+    /// A child can change cgroup before it execs, as `runc exec` does.
+    pub own_cgroup: bool,
 }
 
 /// How long an exited process stays known.
@@ -113,6 +117,7 @@ mod tests {
             atom: format!("atom-{start_ticks}"),
             comm: "sh".into(),
             container: None,
+            own_cgroup: true,
         }
     }
 

@@ -109,7 +109,16 @@ pub fn sensor_child_main() {
             Arc::new(picket_sensor::enrich::Stats::default()),
         )
         .with_registry(registry.clone());
+        // The processes already running, as the sensor's start scan
+        // reports them, then the tier's facts.
+        let running: Vec<u32> = std::fs::read_dir(host_fs.join("proc"))
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
         std::thread::spawn(move || {
+            for pid in running {
+                enricher.handle(picket_sensor::collect::Fact::Existing { pid }, &mut |_| {});
+            }
             for fact in fact_rx {
                 enricher.handle(fact, &mut |_| {});
             }

@@ -392,6 +392,7 @@ const SYSCALLS: &[(&str, i32)] = &[
     ("nr_pwritev", 296),
     ("nr_pwritev2", 328),
     ("nr_close", 3),
+    ("nr_read", 0),
     ("nr_accept", 43),
     ("nr_accept4", 288),
     ("nr_sendto", 44),
@@ -415,6 +416,7 @@ const SYSCALLS: &[(&str, i32)] = &[
     ("nr_pwritev", 70),
     ("nr_pwritev2", 287),
     ("nr_close", 57),
+    ("nr_read", 63),
     ("nr_accept", 202),
     ("nr_accept4", 242),
     ("nr_sendto", 206),
@@ -679,7 +681,13 @@ fn attach_network_programs(bpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     .map_err(|e| format!("tcp connections unavailable: {e}"))?;
     attach(bpf, btf, "handle_sock_send_length", "sock_send_length")
         .and_then(|()| attach(bpf, btf, "handle_sock_recv_length", "sock_recv_length"))
-        .map_err(|e| format!("udp peers unavailable (needs linux 6.3 or later): {e}"))
+        .map_err(|e| format!("udp peers unavailable (needs linux 6.3 or later): {e}"))?;
+    // Without it, responses on connected sockets are read by the packet
+    // capture only, without their process once the socket closed.
+    if let Err(error) = attach(bpf, btf, "handle_dns_recv_length", "sock_recv_length") {
+        tracing::warn!(%error, "dns responses on connected sockets are not read in the kernel (needs linux 5.15 or later)");
+    }
+    Ok(())
 }
 
 /// Attaches the raw syscall programs, which report file changes and read

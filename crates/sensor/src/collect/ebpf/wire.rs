@@ -17,6 +17,9 @@ pub const EVENT_FORK: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_FILE: u32 = 4;
 pub const EVENT_NET: u32 = 5;
+pub const EVENT_DNS: u32 = 6;
+const DNS_PAYLOAD_OFFSET: usize = 112;
+const DNS_PAYLOAD_CAP: usize = 512;
 
 const NET_TCP_CONNECT: u32 = 1;
 const NET_TCP_ACCEPT: u32 = 2;
@@ -115,6 +118,7 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
         EVENT_FILE => FILE_DATA_OFFSET,
         EVENT_FORK | EVENT_EXIT => SMALL_EVENT_LEN,
         EVENT_NET => NET_EVENT_LEN,
+        EVENT_DNS => DNS_PAYLOAD_OFFSET,
         _ => return Err(DecodeError::UnknownKind { kind }),
     };
     if record.len() < min_len {
@@ -148,6 +152,12 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
             exit_status: Some(r.u32(24) as i32),
         }),
         EVENT_NET => Fact::Net(decode_net(&r, pid, time_ns)?),
+        EVENT_DNS => {
+            let mut event = decode_net(&r, pid, time_ns)?;
+            let len = (r.u32(104) as usize).min(DNS_PAYLOAD_CAP);
+            event.payload = r.slice(DNS_PAYLOAD_OFFSET, len).to_vec();
+            Fact::Net(event)
+        }
         _ => Fact::File(decode_file(&r, pid, start_ticks, time_ns)),
     };
     Ok(fact)
@@ -170,7 +180,9 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
         (AF_INET6, IPPROTO_UDP) => Proto::Udp6,
         _ => return Err(bad),
     };
+    let kind = r.u32(0);
     let action = match (action, proto.is_tcp()) {
+        (0, false) if kind == EVENT_DNS => KernelAction::DnsResponse,
         (NET_TCP_CONNECT, true) => KernelAction::TcpConnect,
         (NET_TCP_ACCEPT, true) => KernelAction::TcpAccept,
         (NET_TCP_CLOSE, true) => KernelAction::TcpClose,
@@ -202,6 +214,7 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
         time_ns,
         outgoing: flags & 1 != 0 && proto.is_tcp(),
         udp_connected: flags & NET_FLAG_UDP_CONNECTED != 0 && !proto.is_tcp(),
+        payload: Vec::new(),
     })
 }
 

@@ -450,10 +450,9 @@ impl Reader {
             message,
             deadline: std::time::Instant::now() + KERNEL_OWNER_WAIT,
         };
-        if let Some(kernel) = &self.kernel {
-            if let Some(owner) = kernel.udp_owner(netns, response.destination.port()) {
-                return self.records(&response, Some(owner));
-            }
+        if self.kernel.is_some() {
+            // The kernel may report this response itself when the process
+            // reads it, so it waits; see flush_deferred.
             if self.deferred.len() < MAX_DEFERRED {
                 NetStats::add(&self.stats.dns_deferred, 1);
                 self.deferred.push_back(response);
@@ -463,9 +462,11 @@ impl Reader {
         self.attribute(&response, lookups_left)
     }
 
-    /// Sends the records of deferred responses whose process the kernel
-    /// has named, or whose wait ended (all of them when `all`). Returns
-    /// false once the receiver is closed.
+    /// Handles the deferred responses whose wait ended (all of them when
+    /// `all`): a response the kernel reported as read by a process is
+    /// dropped, the others are sent with the process that last used their
+    /// port, if the kernel named one. Returns false once the receiver is
+    /// closed.
     fn flush_deferred(&mut self, sink: &Sink, all: bool) -> bool {
         let Some(kernel) = self.kernel.clone() else {
             return true;
@@ -474,16 +475,18 @@ impl Reader {
         let mut lookups_left = OWNER_LOOKUPS_PER_TURN;
         let mut waiting = std::collections::VecDeque::new();
         while let Some(response) = self.deferred.pop_front() {
-            let owner = kernel.udp_owner(response.netns, response.destination.port());
-            let records = match owner {
+            if !all && response.deadline > now {
+                waiting.push_back(response);
+                continue;
+            }
+            let port = response.destination.port();
+            if kernel.dns_reported(response.netns, port, response.message.id) {
+                NetStats::add(&self.stats.dns_read_by_kernel, 1);
+                continue;
+            }
+            let records = match kernel.udp_owner(response.netns, port) {
                 Some(owner) => self.records(&response, Some(owner)),
-                None if all || response.deadline <= now => {
-                    self.attribute(&response, &mut lookups_left)
-                }
-                None => {
-                    waiting.push_back(response);
-                    continue;
-                }
+                None => self.attribute(&response, &mut lookups_left),
             };
             for record in records {
                 if !sink.send(record) {
@@ -528,36 +531,16 @@ impl Reader {
 
     /// Builds one `DNS_REQUEST` per resource record of the answer section.
     fn records(&self, response: &Response, owner: Option<record::ProcessContext>) -> Vec<Record> {
-        let message = &response.message;
-        NetStats::add(&self.stats.dns_answers, message.answers.len() as u64);
-        message
-            .answers
-            .iter()
-            .map(|answer| {
-                let mut record = Record::new(types::DNS_REQUEST, &self.hostname);
-                let event_time = record.routing.event_time;
-                record
-                    .set("DOMAIN_NAME", answer.name.clone())
-                    .set("DNS_TYPE", answer.rtype)
-                    .set("DNS_FLAGS", message.flags)
-                    .set("MESSAGE_ID", message.id)
-                    .set("NETWORK_NAMESPACE", response.netns)
-                    .set("TIMESTAMP", event_time);
-                if let Some(question) = message.questions.first() {
-                    record.set("QUESTION", question.name.clone());
-                }
-                match &answer.data {
-                    RecordData::A(ip) => record.set("IP_ADDRESS", ip.to_string()),
-                    RecordData::Aaaa(ip) => record.set("IP_ADDRESS", ip.to_string()),
-                    RecordData::Cname(target) => record.set("CNAME", target.clone()),
-                    RecordData::Other { .. } => &mut record,
-                };
-                if let Some(process) = &owner {
-                    record::set_process(&mut record, process);
-                }
-                record
-            })
-            .collect()
+        NetStats::add(
+            &self.stats.dns_answers,
+            response.message.answers.len() as u64,
+        );
+        dns_records(
+            &self.hostname,
+            response.netns,
+            &response.message,
+            owner.as_ref(),
+        )
     }
 
     /// Finds the process owning the UDP socket a response was sent to, if
@@ -585,6 +568,44 @@ impl Reader {
         let owners = procfs::socket_owners(&self.proc_root, pids);
         self.attributor.context(*owners.get(&inode)?)
     }
+}
+
+/// Builds one `DNS_REQUEST` per resource record of the answer section of
+/// `message`, seen in namespace `netns` and read by `owner` if known.
+pub(crate) fn dns_records(
+    hostname: &str,
+    netns: u64,
+    message: &dns::Message,
+    owner: Option<&record::ProcessContext>,
+) -> Vec<Record> {
+    message
+        .answers
+        .iter()
+        .map(|answer| {
+            let mut record = Record::new(types::DNS_REQUEST, hostname);
+            let event_time = record.routing.event_time;
+            record
+                .set("DOMAIN_NAME", answer.name.clone())
+                .set("DNS_TYPE", answer.rtype)
+                .set("DNS_FLAGS", message.flags)
+                .set("MESSAGE_ID", message.id)
+                .set("NETWORK_NAMESPACE", netns)
+                .set("TIMESTAMP", event_time);
+            if let Some(question) = message.questions.first() {
+                record.set("QUESTION", question.name.clone());
+            }
+            match &answer.data {
+                RecordData::A(ip) => record.set("IP_ADDRESS", ip.to_string()),
+                RecordData::Aaaa(ip) => record.set("IP_ADDRESS", ip.to_string()),
+                RecordData::Cname(target) => record.set("CNAME", target.clone()),
+                RecordData::Other { .. } => &mut record,
+            };
+            if let Some(process) = owner {
+                record::set_process(&mut record, process);
+            }
+            record
+        })
+        .collect()
 }
 
 #[cfg(test)]

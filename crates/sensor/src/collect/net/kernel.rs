@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 
 use picket_event::Record;
 
+use super::capture;
 use super::poll::FlowKey;
 use super::procfs::{self, tcp_state, Proto};
 use super::record::{self, Attributor, Connection, ProcessContext};
 use super::{NetStats, Sink};
+use crate::dns;
 use crate::process::ProcessRegistry;
 
 /// Kind of a kernel network report.
@@ -45,6 +47,8 @@ pub enum KernelAction {
     UdpSend,
     /// A UDP socket received its first datagram from a peer.
     UdpReceive,
+    /// A process read a datagram from port 53; the report carries it.
+    DnsResponse,
 }
 
 /// One network report of the eBPF tier.
@@ -66,6 +70,9 @@ pub struct KernelNetEvent {
     pub outgoing: bool,
     /// For UDP: the socket was connected to its peer.
     pub udp_connected: bool,
+    /// For [`KernelAction::DnsResponse`]: the first bytes of the datagram
+    /// (at most 512).
+    pub payload: Vec<u8>,
 }
 
 /// Input of the network collector from the eBPF tier.
@@ -85,6 +92,11 @@ const CLOSED_KEPT: Duration = Duration::from_secs(10);
 const UDP_OWNER_KEPT: Duration = Duration::from_secs(120);
 /// Maximum UDP owners kept; past it the older half is dropped.
 const MAX_UDP_OWNERS: usize = 65536;
+/// How long a DNS response read by a process is remembered, for the
+/// capture's check and against reading it twice.
+const DNS_KEPT: Duration = Duration::from_secs(5);
+/// Maximum DNS responses remembered; past it the table is cleared.
+const MAX_DNS_RESPONSES: usize = 65536;
 /// Maximum TCP flows kept; past it closed flows are dropped first.
 const MAX_TCP_FLOWS: usize = 262_144;
 
@@ -93,6 +105,9 @@ struct Tables {
     /// `None` while open, else when the close was reported.
     tcp: HashMap<(u64, FlowKey), Option<Instant>>,
     udp_owners: HashMap<(u64, u16), (ProcessContext, Instant)>,
+    /// DNS responses the kernel reported, by (namespace, client port,
+    /// message id), with when.
+    dns: HashMap<(u64, u16, u16), Instant>,
 }
 
 /// Tables shared between the kernel report thread, the poller and the DNS
@@ -120,6 +135,25 @@ impl KernelFlows {
             .udp_owners
             .get(&(netns, port))
             .map(|(owner, _)| owner.clone())
+    }
+
+    /// Returns true when the kernel reported this DNS response as read by a
+    /// process in the last [`DNS_KEPT`].
+    pub(crate) fn dns_reported(&self, netns: u64, port: u16, id: u16) -> bool {
+        self.lock().dns.contains_key(&(netns, port, id))
+    }
+
+    /// Records a DNS response read by a process; false when it was already
+    /// recorded (read twice, or peeked first).
+    fn note_dns(&self, netns: u64, port: u16, id: u16) -> bool {
+        let mut tables = self.lock();
+        if tables.dns.len() >= MAX_DNS_RESPONSES {
+            tables.dns.clear();
+        }
+        tables
+            .dns
+            .insert((netns, port, id), Instant::now())
+            .is_none()
     }
 
     fn open_tcp(&self, netns: u64, key: FlowKey) {
@@ -155,6 +189,7 @@ impl KernelFlows {
         tables
             .udp_owners
             .retain(|_, (_, at)| at.elapsed() < UDP_OWNER_KEPT);
+        tables.dns.retain(|_, at| at.elapsed() < DNS_KEPT);
     }
 }
 
@@ -192,22 +227,21 @@ pub(crate) fn run(
                 {
                     (event.proto, event.local, event.remote) = (proto, local, remote);
                 }
-                waiting.push_back((event, Instant::now() + REGISTRY_WAIT));
+                waiting.push_back((event, Instant::now()));
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
-            Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
-        while let Some((event, deadline)) = waiting.front() {
-            let process = match resolver.process(event) {
+        while let Some((event, arrived)) = waiting.front() {
+            let waited = arrived.elapsed();
+            let expired = waited >= REGISTRY_WAIT;
+            let process = match resolver.process(event, waited) {
                 Some(process) => process,
-                None if Instant::now() >= *deadline || resolver.processes.is_none() => {
-                    resolver.gone(event)
-                }
+                None if expired || resolver.processes.is_none() => resolver.gone(event),
                 None => break,
             };
             let (event, _) = waiting.pop_front().expect("front exists");
-            if let Some(record) = handle(&event, process, &flows, &hostname, &stats) {
+            for record in handle(&event, process, &flows, &hostname, &stats) {
                 if !sink.send(record) {
                     return;
                 }
@@ -218,12 +252,27 @@ pub(crate) fn run(
             flows.prune();
         }
     }
+    // Reports still waiting go out with what /proc or the report tells.
+    for (event, _) in waiting {
+        let process = resolver
+            .process(&event, REGISTRY_WAIT)
+            .unwrap_or_else(|| resolver.gone(&event));
+        for record in handle(&event, process, &flows, &hostname, &stats) {
+            if !sink.send(record) {
+                return;
+            }
+        }
+    }
 }
 
 /// Maximum wait for the enricher to record a process that exited before
 /// its report was handled. The exec fact and the network report travel on
 /// different channels, so the report can come first.
 const REGISTRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Wait for the exec of a process the registry knows only from its fork:
+/// the exec may have moved it to another container's cgroup.
+const EXEC_SETTLE: Duration = Duration::from_millis(300);
 
 /// Finds the process of each report.
 struct Resolver {
@@ -233,13 +282,29 @@ struct Resolver {
 }
 
 impl Resolver {
-    /// Returns the process of a report from the cache, the enricher's
-    /// registry or `/proc`, or `None` when it exited and is not known yet.
-    fn process(&mut self, event: &KernelNetEvent) -> Option<ProcessContext> {
+    /// Returns the process of a report from the cache or the enricher's
+    /// registry, else (without a registry, or once it waited
+    /// [`REGISTRY_WAIT`]) from `/proc`. `None` means wait, or, once expired,
+    /// that the process is gone.
+    ///
+    /// The registry is preferred over `/proc` because an exited process
+    /// that is not yet reaped still has `/proc/<pid>`, but the kernel has
+    /// moved it to the root cgroup, so its container would read as none.
+    fn process(&mut self, event: &KernelNetEvent, waited: Duration) -> Option<ProcessContext> {
         if let Some(process) = self.cache.get(event) {
             return Some(process);
         }
-        let process = process_of(event, self.processes.as_deref(), &mut self.attributor)?;
+        let expired = waited >= REGISTRY_WAIT;
+        let process = match self.processes.as_deref() {
+            Some(registry) => match known_process(event, registry) {
+                Some((process, true)) => process,
+                Some((process, false)) if waited >= EXEC_SETTLE => process,
+                Some(_) => return None,
+                None if expired => from_proc(event, &mut self.attributor)?,
+                None => return None,
+            },
+            None => from_proc(event, &mut self.attributor)?,
+        };
         self.cache.put(event, &process);
         Some(process)
     }
@@ -249,6 +314,38 @@ impl Resolver {
         self.attributor
             .gone_process(event.pid, event.start_ticks, &event.comm)
     }
+}
+
+/// Builds the `DNS_REQUEST` records of a response a process read, once per
+/// response.
+fn dns_response(
+    event: &KernelNetEvent,
+    process: &ProcessContext,
+    flows: &KernelFlows,
+    hostname: &str,
+    stats: &NetStats,
+) -> Vec<Record> {
+    let message = match dns::parse_response(&event.payload) {
+        Ok(message) => message,
+        Err(error) => {
+            NetStats::add(&stats.dns_malformed, 1);
+            tracing::debug!(netns = event.netns, kind = error.kind(), %error, "malformed dns response read by a process");
+            return Vec::new();
+        }
+    };
+    if !flows.note_dns(event.netns, event.local.port(), message.id) {
+        return Vec::new();
+    }
+    NetStats::add(&stats.dns_kernel_responses, 1);
+    NetStats::add(&stats.dns_responses, 1);
+    NetStats::add(&stats.dns_answers_dropped, message.answers_dropped as u64);
+    NetStats::add(&stats.dns_answers, message.answers.len() as u64);
+    let mut records = capture::dns_records(hostname, event.netns, &message, Some(process));
+    for record in &mut records {
+        record.routing.event_time = event.time_ns / 1_000_000;
+        record.set("TIMESTAMP", event.time_ns / 1_000_000);
+    }
+    records
 }
 
 /// Process contexts by (pid, start time), so a busy process's reports do
@@ -281,23 +378,26 @@ impl ContextCache {
     }
 }
 
-/// Returns the process of a report: from the enricher's registry, else
-/// read from `/proc` while it runs. `None` when it exited or its pid was
-/// reused.
-fn process_of(
+/// Returns the process of a report as the enricher's registry has it, and
+/// whether its container was read from its own cgroup.
+fn known_process(
     event: &KernelNetEvent,
-    processes: Option<&ProcessRegistry>,
-    attributor: &mut Attributor,
-) -> Option<ProcessContext> {
-    if let Some(known) = processes.and_then(|p| p.get(event.pid, event.start_ticks)) {
-        return Some(ProcessContext {
-            pid: event.pid,
-            start_ticks: known.start_ticks,
-            comm: known.comm,
-            atom: known.atom,
-            container: known.container.map(|c| (*c).clone()),
-        });
-    }
+    registry: &ProcessRegistry,
+) -> Option<(ProcessContext, bool)> {
+    let known = registry.get(event.pid, event.start_ticks)?;
+    let context = ProcessContext {
+        pid: event.pid,
+        start_ticks: known.start_ticks,
+        comm: known.comm,
+        atom: known.atom,
+        container: known.container.map(|c| (*c).clone()),
+    };
+    Some((context, known.own_cgroup))
+}
+
+/// Returns the process of a report read from `/proc`, or `None` when it
+/// exited or its pid was reused.
+fn from_proc(event: &KernelNetEvent, attributor: &mut Attributor) -> Option<ProcessContext> {
     attributor
         .context(event.pid)
         .filter(|context| event.start_ticks == 0 || context.start_ticks == event.start_ticks)
@@ -309,7 +409,10 @@ fn handle(
     flows: &KernelFlows,
     hostname: &str,
     stats: &NetStats,
-) -> Option<Record> {
+) -> Vec<Record> {
+    if event.action == KernelAction::DnsResponse {
+        return dns_response(event, &process, flows, hostname, stats);
+    }
     let key = FlowKey {
         proto: event.proto,
         local: event.local,
@@ -328,12 +431,12 @@ fn handle(
         KernelAction::TcpClose => {
             flows.close_tcp(event.netns, key);
             NetStats::add(&stats.connections_terminated, 1);
-            (
-                record::terminate_event_type(event.proto)?,
-                event.outgoing,
-                tcp_state::CLOSE,
-            )
+            let Some(event_type) = record::terminate_event_type(event.proto) else {
+                return Vec::new();
+            };
+            (event_type, event.outgoing, tcp_state::CLOSE)
         }
+        KernelAction::DnsResponse => unreachable!("handled above"),
         KernelAction::UdpSend | KernelAction::UdpReceive => {
             flows.set_udp_owner(event.netns, event.local.port(), process.clone());
             NetStats::add(&stats.connections_new, 1);
@@ -360,7 +463,7 @@ fn handle(
     let mut record = connection.record(event_type, hostname, Some(&process), None);
     record.routing.event_time = event.time_ns / 1_000_000;
     record.set("TIMESTAMP", event.time_ns / 1_000_000);
-    Some(record)
+    vec![record]
 }
 
 #[cfg(test)]
@@ -387,6 +490,7 @@ mod tests {
             time_ns: 1_700_000_000_000_000_000,
             outgoing: true,
             udp_connected: false,
+            payload: Vec::new(),
         }
     }
 
@@ -469,6 +573,7 @@ mod tests {
                 atom: "a".repeat(32),
                 comm: "curl".into(),
                 container: Some(Arc::new(serde_json::json!({"ID": "c0ffee"}))),
+                own_cgroup: true,
             },
         );
         let record = next_record(&mut running, Duration::from_secs(2)).expect("record");

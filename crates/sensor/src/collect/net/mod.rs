@@ -138,8 +138,13 @@ pub struct NetStats {
     pub records_undelivered: AtomicU64,
     /// Reports received from the eBPF tier's network programs.
     pub kernel_events: AtomicU64,
-    /// DNS responses held back until the kernel named their process.
+    /// DNS responses the capture held back to see whether the kernel
+    /// reports them.
     pub dns_deferred: AtomicU64,
+    /// Captured responses dropped because the kernel reported them as read.
+    pub dns_read_by_kernel: AtomicU64,
+    /// DNS responses read from the receiving process by the kernel hooks.
+    pub dns_kernel_responses: AtomicU64,
 }
 
 impl NetStats {
@@ -174,6 +179,8 @@ impl NetStats {
             ("records_undelivered", load(&self.records_undelivered)),
             ("kernel_events", load(&self.kernel_events)),
             ("dns_deferred", load(&self.dns_deferred)),
+            ("dns_read_by_kernel", load(&self.dns_read_by_kernel)),
+            ("dns_kernel_responses", load(&self.dns_kernel_responses)),
         ]
     }
 }
