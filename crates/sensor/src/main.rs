@@ -192,7 +192,25 @@ fn log_host_facts(host: &HostFacts) {
 /// Prints the socket table. Container attribution needs the host cgroup
 /// namespace, which `main` joined before this runs.
 fn netstat(host_fs: &HostFs, env: &Env) -> anyhow::Result<()> {
+    // The same checks as the sensor's: without the host's /proc the table
+    // would be empty or show only this container's sockets.
+    let stat = host_fs.path("/proc/1/stat");
+    if !stat.exists() {
+        anyhow::bail!(picket_sensor::config::ConfigError::HostFsNoProc {
+            value: host_fs.root().display().to_string(),
+            path: stat.display().to_string(),
+        });
+    }
     let net_ns = env.get("NET_NS").map(PathBuf::from);
+    if let Some(dir) = &net_ns {
+        if let Err(e) = std::fs::read_dir(dir) {
+            let problem = picket_sensor::config::ConfigError::NetNsUnreadable {
+                value: dir.display().to_string(),
+                reason: e.to_string(),
+            };
+            tracing::warn!("{problem}");
+        }
+    }
     let resolver = picket_sensor::container::ContainerResolver::new(host_fs.root());
     let mut out = std::io::stdout().lock();
     picket_sensor::netstat::run(

@@ -377,3 +377,21 @@ fn empty_or_missing_netns_dir_is_counted() {
 fn poller_for_missing() -> (Poller, Arc<NetStats>) {
     poller(Some(Path::new("/nonexistent/picket/netns")))
 }
+
+#[test]
+fn netstat_rejects_host_fs_without_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_picket-sensor"))
+        .arg("netstat")
+        .env("HOST_FS", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "printed a table anyway");
+    assert!(
+        stderr.contains(&format!("HOST_FS={}", dir.path().display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("proc/1/stat not found"), "{stderr}");
+}
