@@ -78,6 +78,9 @@ struct NamespaceState {
     diag_unavailable: bool,
 }
 
+/// Interval of the network counters' log line.
+const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Ports remembered per namespace in [`NamespaceState::listened`].
 const MAX_LISTENED_PORTS: usize = 4096;
 
@@ -128,8 +131,20 @@ impl Poller {
     }
 
     pub(crate) fn run(&mut self, sink: &Sink, stop: &AtomicBool) {
+        let mut last_log = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
+            if last_log.elapsed() >= COUNTER_LOG_INTERVAL {
+                last_log = started;
+                let counters: serde_json::Map<String, Value> = self
+                    .stats
+                    .snapshot()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                    .collect();
+                let counters = Value::Object(counters).to_string();
+                tracing::info!(%counters, "network collector counters");
+            }
             for record in self.poll_once() {
                 if !sink.send(record) {
                     tracing::info!("network collector stopped: record receiver closed");
