@@ -52,6 +52,8 @@ const DNS_PORT: u16 = 53;
 /// port, in the eBPF tier. The send that precedes a response is reported
 /// through the ring buffer, whose reader wakes at least every 20 ms.
 const KERNEL_OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Interval between two reads of the capture sockets' drop counters.
+const DROP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Responses held back at once; past it they are attributed right away.
 const MAX_DEFERRED: usize = 4096;
 
@@ -353,7 +355,16 @@ struct Response {
 impl Reader {
     fn run(&mut self, commands: &mpsc::Receiver<Command>, sink: &Sink, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65536];
+        let mut last_drop_check = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if last_drop_check.elapsed() >= DROP_CHECK_INTERVAL {
+                last_drop_check = std::time::Instant::now();
+                if let Some(record) = self.dropped_packets() {
+                    if !sink.send(record) {
+                        return;
+                    }
+                }
+            }
             for command in commands.try_iter() {
                 match command {
                     Command::Add { netns, socket } => self.sockets.push((netns, socket)),
@@ -407,6 +418,27 @@ impl Reader {
         }
         // Responses still waiting go out with what /proc can tell.
         let _ = self.flush_deferred(sink, true);
+    }
+
+    /// Returns a `DATA_DROPPED` record for the packets the capture sockets
+    /// dropped since the last check (full receive buffers, as in a flood
+    /// of responses), if any.
+    fn dropped_packets(&self) -> Option<Record> {
+        let dropped: u64 = self
+            .sockets
+            .iter()
+            .filter_map(|(_, socket)| sys::packet_drops(socket.as_fd()).ok())
+            .map(u64::from)
+            .sum();
+        if dropped == 0 {
+            return None;
+        }
+        NetStats::add(&self.stats.packets_dropped, dropped);
+        let mut record = Record::new(types::DATA_DROPPED, &self.hostname);
+        record
+            .set("REASON", "dns_capture_overflow")
+            .set("COUNT", dropped);
+        Some(record)
     }
 
     fn handle_packet(

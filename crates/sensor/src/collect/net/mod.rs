@@ -126,6 +126,9 @@ pub struct NetStats {
     pub capture_sockets: AtomicU64,
     pub capture_open_failed: AtomicU64,
     pub packets_captured: AtomicU64,
+    /// Packets the capture sockets dropped because their buffer was full;
+    /// also sent as `DATA_DROPPED` with reason `dns_capture_overflow`.
+    pub packets_dropped: AtomicU64,
     /// Captured packets that were not a complete IPv4/IPv6 UDP datagram.
     pub packets_undecodable: AtomicU64,
     pub dns_responses: AtomicU64,
@@ -171,6 +174,7 @@ impl NetStats {
             ("capture_sockets", load(&self.capture_sockets)),
             ("capture_open_failed", load(&self.capture_open_failed)),
             ("packets_captured", load(&self.packets_captured)),
+            ("packets_dropped", load(&self.packets_dropped)),
             ("packets_undecodable", load(&self.packets_undecodable)),
             ("dns_responses", load(&self.dns_responses)),
             ("dns_malformed", load(&self.dns_malformed)),

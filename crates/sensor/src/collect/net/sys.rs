@@ -59,6 +59,31 @@ pub fn run_in_open_netns<T: Send>(
 /// One classic BPF instruction (`struct sock_filter`).
 pub type FilterInstruction = libc::sock_filter;
 
+/// Returns the packets a packet socket dropped (its receive buffer was
+/// full) since the previous call; reading resets the kernel's counters.
+pub fn packet_drops(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut stats = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `stats`, which
+    // lives for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stats.tp_drops)
+}
+
 /// Opens a non-blocking `AF_PACKET`/`SOCK_DGRAM` socket for all protocols in
 /// the calling thread's network namespace, attaches `filter`, and sets a
 /// receive buffer of `rcvbuf` bytes. Needs CAP_NET_RAW.
