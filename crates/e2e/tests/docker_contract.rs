@@ -451,6 +451,133 @@ fn assert_connected_reports_tier(scenario: &Scenario, sensor: &Container, since_
     tier
 }
 
+/// Environment variable that makes this test binary act as the test's DNS
+/// resolver inside a container.
+const RESOLVER_ROLE_ENV: &str = "PICKET_E2E_RESOLVER";
+/// Address the test resolver returns for every `*.picket.test` A query.
+const RESOLVER_ANSWER: &str = "10.253.0.9";
+
+/// Entry of this test binary when it runs as the resolver container's
+/// program; a no-op in a normal test run.
+#[test]
+fn resolver_entry() {
+    if std::env::var_os(RESOLVER_ROLE_ENV).is_some() {
+        run_resolver();
+    }
+}
+
+/// Answers A queries for `*.picket.test` with [`RESOLVER_ANSWER`], and
+/// every other query with no answer, on UDP port 53.
+fn run_resolver() {
+    use picket_sensor::dns::{self, build};
+    let socket = std::net::UdpSocket::bind("0.0.0.0:53").expect("resolver binds port 53");
+    let answer: std::net::IpAddr = RESOLVER_ANSWER.parse().unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let query = &buf[..len];
+        // Question name starts at 12; its type follows the name.
+        let mut pos = 12;
+        let mut labels = Vec::new();
+        while let Some(&label_len) = query.get(pos) {
+            if label_len == 0 || pos + 1 + label_len as usize > query.len() {
+                break;
+            }
+            labels.push(
+                String::from_utf8_lossy(&query[pos + 1..pos + 1 + label_len as usize]).into_owned(),
+            );
+            pos += 1 + label_len as usize;
+        }
+        let qtype = query
+            .get(pos + 1..pos + 3)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]));
+        let name = labels.join(".");
+        let answers = if name.ends_with(".picket.test") && qtype == Some(dns::TYPE_A) {
+            vec![build::AnswerData::Address(answer)]
+        } else {
+            Vec::new()
+        };
+        if let Some(response) = build::response(query, &answers) {
+            let _ = socket.send_to(&response, peer);
+        }
+    }
+}
+
+/// Starts the resolver container: this test binary, with the host's shared
+/// libraries, on the default bridge. Returns it and its address.
+fn start_resolver(token: &str) -> (Container, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mount = format!("{}:/picket-resolver:ro", exe.display());
+    let role = format!("{RESOLVER_ROLE_ENV}=1");
+    let container = Container::run(
+        &format!("pkt-e2e-{token}-dns"),
+        &[
+            "-v",
+            &mount,
+            "-v",
+            "/usr/lib:/lib:ro",
+            "-v",
+            "/usr/lib64:/lib64:ro",
+            "-e",
+            &role,
+            BUSYBOX_IMAGE,
+            "/picket-resolver",
+            "resolver_entry",
+            "--exact",
+            "--nocapture",
+            "-q",
+        ],
+    );
+    let ip = picket_e2e::docker::docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}}",
+        &container.id,
+    ]);
+    (container, ip.trim().to_owned())
+}
+
+/// Looks a name up from inside the workload against the test's resolver and
+/// checks that the answer is stored as a `DNS_REQUEST` of that container,
+/// with the process that asked.
+fn assert_dns_attributed(
+    scenario: &Scenario,
+    sensor: &Container,
+    workload: &Workload,
+    resolver_ip: &str,
+) {
+    let container = &workload.container;
+    let name = format!("{}.picket.test", container.name);
+    let output = container.exec(&["nslookup", "-type=a", &name, resolver_ip]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(RESOLVER_ANSWER),
+        "nslookup inside {} got no answer: {}{}",
+        container.name,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record = scenario.wait_event_from(
+        sensor,
+        types::DNS_REQUEST,
+        Some(&container.id),
+        &format!("for {name} in container {}", container.name),
+        |record| text_field(record, "event/DOMAIN_NAME").as_deref() == Some(name.as_str()),
+    );
+    assert_eq!(
+        text_field(&record, "event/IP_ADDRESS").as_deref(),
+        Some(RESOLVER_ANSWER),
+        "{record}"
+    );
+    assert!(
+        lookup_path(&record, "event/PROCESS_ID")
+            .and_then(Value::as_u64)
+            .is_some(),
+        "DNS answer without the process that asked: {record}"
+    );
+}
+
 /// True when this host offers what the eBPF tier needs (BTF for CO-RE).
 fn ebpf_possible() -> bool {
     std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
@@ -491,7 +618,8 @@ fn docker_run_contract_end_to_end() {
         sensor_image,
     };
 
-    // Workloads that run before the sensor starts.
+    // Workloads that run before the sensor starts, and the test's resolver.
+    let (_resolver, resolver_ip) = start_resolver(&token);
     let before = start_workload(&token, "before", None);
     let before_pod = start_workload(&token, "before-pod", Some(pod_for(&token, "before")));
 
@@ -514,6 +642,7 @@ fn docker_run_contract_end_to_end() {
     }
     assert_host_process_unattributed(&scenario, &sensor, "contract");
     assert_connection_attributed(&scenario, &sensor, &after, Flow::Held);
+    assert_dns_attributed(&scenario, &sensor, &after, &resolver_ip);
 
     // `docker rm -f` and the same command again: the server must know the
     // host and keep one sensor with the same SID.
