@@ -466,8 +466,8 @@ fn resolver_entry() {
     }
 }
 
-/// Answers A queries for `*.picket.test` with [`RESOLVER_ANSWER`], and
-/// every other query with no answer, on UDP port 53.
+/// Serves UDP port 53: an A query for `*.picket.test` gets
+/// [`RESOLVER_ANSWER`], every other query an empty answer section.
 fn run_resolver() {
     use picket_sensor::dns::{self, build};
     let socket = std::net::UdpSocket::bind("0.0.0.0:53").expect("resolver binds port 53");
@@ -540,8 +540,8 @@ fn start_resolver(token: &str) -> (Container, String) {
 }
 
 /// Looks a name up from inside the workload against the test's resolver and
-/// checks that the answer is stored as a `DNS_REQUEST` of that container,
-/// with the process that asked.
+/// checks that the response is stored as a `DNS_REQUEST` of that container,
+/// with the process that sent the query.
 fn assert_dns_attributed(
     scenario: &Scenario,
     sensor: &Container,
