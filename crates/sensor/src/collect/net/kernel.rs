@@ -128,6 +128,12 @@ impl KernelFlows {
         self.lock().tcp.contains_key(&(netns, *key))
     }
 
+    /// Returns true when the kernel reported this TCP flow open and not
+    /// (yet) its close.
+    pub(crate) fn tcp_open(&self, netns: u64, key: &FlowKey) -> bool {
+        matches!(self.lock().tcp.get(&(netns, *key)), Some(None))
+    }
+
     /// Returns the process that last used UDP port `port` in namespace
     /// `netns`.
     pub(crate) fn udp_owner(&self, netns: u64, port: u16) -> Option<ProcessContext> {
@@ -156,7 +162,7 @@ impl KernelFlows {
             .is_none()
     }
 
-    fn open_tcp(&self, netns: u64, key: FlowKey) {
+    pub(crate) fn open_tcp(&self, netns: u64, key: FlowKey) {
         let mut tables = self.lock();
         if tables.tcp.len() >= MAX_TCP_FLOWS {
             tables.tcp.retain(|_, closed| closed.is_none());
@@ -164,7 +170,7 @@ impl KernelFlows {
         tables.tcp.insert((netns, key), None);
     }
 
-    fn close_tcp(&self, netns: u64, key: FlowKey) {
+    pub(crate) fn close_tcp(&self, netns: u64, key: FlowKey) {
         self.lock().tcp.insert((netns, key), Some(Instant::now()));
     }
 

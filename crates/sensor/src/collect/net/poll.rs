@@ -103,7 +103,24 @@ pub struct Poller {
     kernel: Option<Arc<KernelFlows>>,
     /// No pass has completed yet: flows seen now predate the sensor.
     first_pass: bool,
+    /// Flows the kernel reported that left the socket tables, waiting to
+    /// see whether the kernel reports their close too.
+    vanished: Vec<Vanished>,
 }
+
+/// A kernel-reported flow gone from the socket tables.
+struct Vanished {
+    netns: u64,
+    key: FlowKey,
+    flow: Flow,
+    container: Option<Value>,
+    since: Instant,
+}
+
+/// Time a vanished flow waits for the kernel's close report before the
+/// poller reports the close itself. The kernel's table of open sockets is
+/// bounded, so it can lose a connection's owner and then its close.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 impl Poller {
     pub fn new(
@@ -127,6 +144,7 @@ impl Poller {
             diag_warned: false,
             kernel,
             first_pass: true,
+            vanished: Vec::new(),
         }
     }
 
@@ -192,8 +210,39 @@ impl Poller {
             self.last_summary = Instant::now();
             records.extend(self.summaries());
         }
+        self.close_vanished(&mut records);
         self.first_pass = false;
         records
+    }
+
+    /// Reports the close of kernel-reported flows that left the socket
+    /// tables at least [`CLOSE_GRACE`] ago while the kernel still has them
+    /// open: their close report was lost.
+    fn close_vanished(&mut self, records: &mut Vec<Record>) {
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        let hostname = self.config.hostname.clone();
+        let (due, waiting): (Vec<Vanished>, Vec<Vanished>) = std::mem::take(&mut self.vanished)
+            .into_iter()
+            .partition(|v| v.since.elapsed() >= CLOSE_GRACE);
+        self.vanished = waiting;
+        for gone in due {
+            if !kernel.tcp_open(gone.netns, &gone.key) {
+                continue;
+            }
+            kernel.close_tcp(gone.netns, gone.key);
+            let mut flow = gone.flow;
+            flow.by_kernel = false;
+            self.finish_flow(
+                &gone.key,
+                flow,
+                gone.netns,
+                &gone.container,
+                &hostname,
+                records,
+            );
+        }
     }
 
     fn count_discovery(&self, discovery: &Discovery) {
@@ -334,6 +383,16 @@ impl Poller {
             .collect();
         for key in closed {
             let flow = state.tcp.remove(&key).expect("key taken from the map");
+            if flow.by_kernel {
+                self.vanished.push(Vanished {
+                    netns: netns.inode,
+                    key,
+                    flow,
+                    container: state.container.clone(),
+                    since: Instant::now(),
+                });
+                continue;
+            }
             self.finish_flow(
                 &key,
                 flow,
@@ -675,5 +734,97 @@ mod tests {
                 "{local} -> {remote} in state {state}"
             );
         }
+    }
+
+    /// Real loopback connections that the kernel reported open: the poller
+    /// reports the close of the one whose close report never came, and
+    /// nothing for the one the kernel closed.
+    #[test]
+    fn lost_kernel_close_reported_after_grace() {
+        use std::os::unix::fs::MetadataExt;
+
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let flows = Arc::new(KernelFlows::default());
+        let config = NetConfig {
+            hostname: "test-host".into(),
+            ..NetConfig::default()
+        };
+        let mut poller = Poller::new(
+            config,
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            Arc::new(NetStats::default()),
+            None,
+            Some(flows.clone()),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pairs = Vec::new();
+        for _ in 0..2 {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            for stream in [&client, &server] {
+                let key = FlowKey {
+                    proto: Proto::Tcp4,
+                    local: stream.local_addr().unwrap(),
+                    remote: stream.peer_addr().unwrap(),
+                };
+                flows.open_tcp(netns, key);
+            }
+            pairs.push((client, server));
+        }
+        let ports: Vec<u16> = pairs
+            .iter()
+            .map(|(client, _)| client.local_addr().unwrap().port())
+            .collect();
+        let ours = |records: &[Record], port: u16| -> Vec<String> {
+            records
+                .iter()
+                .filter(|r| {
+                    r.event["SOURCE"]["PORT"] == port || r.event["DESTINATION"]["PORT"] == port
+                })
+                .map(|r| r.routing.event_type.clone())
+                .collect()
+        };
+
+        let first = poller.poll_once();
+        assert!(
+            ours(&first, ports[0]).is_empty(),
+            "kernel flows reported again"
+        );
+        let (lost, closed) = (pairs.remove(0), pairs.remove(0));
+        let closed_key = FlowKey {
+            proto: Proto::Tcp4,
+            local: closed.0.local_addr().unwrap(),
+            remote: closed.0.peer_addr().unwrap(),
+        };
+        let closed_server_key = FlowKey {
+            proto: Proto::Tcp4,
+            local: closed.1.local_addr().unwrap(),
+            remote: closed.1.peer_addr().unwrap(),
+        };
+        drop(lost);
+        drop(closed);
+        // The kernel reported this pair's close; the other's was lost.
+        flows.close_tcp(netns, closed_key);
+        flows.close_tcp(netns, closed_server_key);
+
+        let second = poller.poll_once();
+        assert!(
+            ours(&second, ports[0]).is_empty(),
+            "closed before the grace"
+        );
+        std::thread::sleep(CLOSE_GRACE);
+        let third = poller.poll_once();
+        assert_eq!(
+            ours(&third, ports[0]),
+            vec!["TERMINATE_TCP4_CONNECTION", "TERMINATE_TCP4_CONNECTION"]
+        );
+        assert!(
+            ours(&third, ports[1]).is_empty(),
+            "{:?}",
+            ours(&third, ports[1])
+        );
+        assert!(!flows.tcp_open(netns, &closed_key));
     }
 }
