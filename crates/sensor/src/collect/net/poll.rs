@@ -227,18 +227,18 @@ impl Poller {
             .into_iter()
             .partition(|v| v.since.elapsed() >= CLOSE_GRACE);
         self.vanished = waiting;
-        for gone in due {
-            if !kernel.tcp_open(gone.netns, &gone.key) {
+        for vanished_flow in due {
+            if !kernel.tcp_open(vanished_flow.netns, &vanished_flow.key) {
                 continue;
             }
-            kernel.close_tcp(gone.netns, gone.key);
-            let mut flow = gone.flow;
+            kernel.close_tcp(vanished_flow.netns, vanished_flow.key);
+            let mut flow = vanished_flow.flow;
             flow.by_kernel = false;
             self.finish_flow(
-                &gone.key,
+                &vanished_flow.key,
                 flow,
-                gone.netns,
-                &gone.container,
+                vanished_flow.netns,
+                &vanished_flow.container,
                 &hostname,
                 records,
             );
