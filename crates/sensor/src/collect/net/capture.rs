@@ -473,7 +473,7 @@ impl Reader {
             &self.stats.dns_answers_dropped,
             message.answers_dropped as u64,
         );
-        if message.answers.is_empty() {
+        if message.answers.is_empty() && message.rcode() == 0 {
             return Vec::new();
         }
         let response = Response {
@@ -495,8 +495,8 @@ impl Reader {
     }
 
     /// Handles the deferred responses whose wait ended (all of them when
-    /// `all`): a response the kernel reported as read by a process is
-    /// dropped, the others are sent with the process that last used their
+    /// `all`). A response the kernel reported as read by a process is
+    /// dropped. The others are sent with the process that last used their
     /// port, if the kernel named one. Returns false once the receiver is
     /// closed.
     fn flush_deferred(&mut self, sink: &Sink, all: bool) -> bool {
@@ -603,13 +603,36 @@ impl Reader {
 }
 
 /// Builds one `DNS_REQUEST` per resource record of the answer section of
-/// `message`, seen in namespace `netns` and read by `owner` if known.
+/// `message`, seen in namespace `netns` and read by `owner` if known. A
+/// failed lookup (a non-zero RCODE such as NXDOMAIN, and no answer) gives
+/// one record for its question, without an address: failed lookups of
+/// generated names are a sign of malware looking for its server.
 pub(crate) fn dns_records(
     hostname: &str,
     netns: u64,
     message: &dns::Message,
     owner: Option<&record::ProcessContext>,
 ) -> Vec<Record> {
+    if message.answers.is_empty() && message.rcode() != 0 {
+        let Some(question) = message.questions.first() else {
+            return Vec::new();
+        };
+        let mut record = Record::new(types::DNS_REQUEST, hostname);
+        let event_time = record.routing.event_time;
+        record
+            .set("DOMAIN_NAME", question.name.clone())
+            .set("QUESTION", question.name.clone())
+            .set("DNS_TYPE", question.qtype)
+            .set("DNS_FLAGS", message.flags)
+            .set("RCODE", message.rcode())
+            .set("MESSAGE_ID", message.id)
+            .set("NETWORK_NAMESPACE", netns)
+            .set("TIMESTAMP", event_time);
+        if let Some(process) = owner {
+            record::set_process(&mut record, process);
+        }
+        return vec![record];
+    }
     message
         .answers
         .iter()
@@ -722,5 +745,27 @@ mod tests {
                 assert!(index + 1 + (instruction.jf as usize) < filter.len());
             }
         }
+    }
+
+    #[test]
+    fn failed_lookup_gives_one_record_for_its_question() {
+        let mut packet = crate::dns::build::query(0x77, "nope.picket.test", crate::dns::TYPE_A);
+        packet[2] = 0x81; // QR, RD
+        packet[3] = 0x83; // RA, RCODE 3 (NXDOMAIN)
+        let message = crate::dns::parse_response(&packet).unwrap();
+        let records = dns_records("host", 42, &message, None);
+        assert_eq!(records.len(), 1);
+        let event = &records[0].event;
+        assert_eq!(records[0].routing.event_type, types::DNS_REQUEST);
+        assert_eq!(event["DOMAIN_NAME"], "nope.picket.test");
+        assert_eq!(event["DNS_TYPE"], crate::dns::TYPE_A);
+        assert_eq!(event["RCODE"], 3);
+        assert_eq!(event["MESSAGE_ID"], 0x77);
+        assert!(event.get("IP_ADDRESS").is_none());
+
+        // An empty answer section without an error gives no record.
+        packet[3] = 0x80;
+        let message = crate::dns::parse_response(&packet).unwrap();
+        assert!(dns_records("host", 42, &message, None).is_empty());
     }
 }
