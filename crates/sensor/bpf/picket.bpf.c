@@ -1174,8 +1174,8 @@ static __always_inline void report_udp_peer(struct net_event *ev, u32 action, st
 	struct udp_peer peer = { .sk = (u64)sk, .port = ev->remote_port };
 	peer.ino = sock_ino(sk);
 	__builtin_memcpy(peer.addr, ev->remote_addr, 16);
-	u8 one = 1;
-	if (bpf_map_update_elem(&udp_peers, &peer, &one, BPF_NOEXIST) != 0)
+	u8 seen = 1;
+	if (bpf_map_update_elem(&udp_peers, &peer, &seen, BPF_NOEXIST) != 0)
 		return;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));

@@ -199,8 +199,14 @@ pub fn container_lookup(fs: &HostFs, host: &HostFacts) -> Box<dyn ContainerLooku
             }
         }
     }
+    resolver_lookup(ContainerResolver::with_config(fs.root(), config))
+}
+
+/// Wraps `resolver` as enrichment's lookup, building each container's
+/// `CONTAINER` object once.
+pub fn resolver_lookup(resolver: ContainerResolver) -> Box<dyn ContainerLookup> {
     Box::new(ResolverLookup {
-        resolver: ContainerResolver::with_config(fs.root(), config),
+        resolver,
         objects: HashMap::new(),
     })
 }
@@ -579,6 +585,26 @@ mod tests {
     use super::*;
     use crate::namespaces::CgroupNs;
 
+    /// Builds a tier context with a 100 ms poll interval.
+    fn test_context(
+        fs: HostFs,
+        pid_ns: NsState,
+        tx: SyncSender<Fact>,
+        net_tx: Option<SyncSender<KernelNetEvent>>,
+        stop: Arc<AtomicBool>,
+    ) -> TierContext {
+        TierContext {
+            fs,
+            prefetch: Arc::new(Prefetch::default()),
+            host: host(pid_ns),
+            poll_interval: Duration::from_millis(100),
+            tx,
+            net_tx,
+            net_unavailable: Default::default(),
+            stop,
+        }
+    }
+
     fn host(pid_ns: NsState) -> HostFacts {
         HostFacts {
             pid_ns,
@@ -593,16 +619,7 @@ mod tests {
     fn private_pid_namespace_falls_to_procpoll() {
         let (tx, _rx) = sync_channel(1024);
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = TierContext {
-            fs: HostFs::new("/"),
-            prefetch: Arc::new(Prefetch::default()),
-            host: host(NsState::Private),
-            poll_interval: Duration::from_millis(100),
-            tx,
-            net_tx: None,
-            net_unavailable: Default::default(),
-            stop: stop.clone(),
-        };
+        let ctx = test_context(HostFs::new("/"), NsState::Private, tx, None, stop.clone());
         // The eBPF tier may load on this host whatever the PID namespace, so
         // the test starts below it, as the non-eBPF deployment does.
         let selection = select_tier(TierChoice::Netlink, &ctx).unwrap();
@@ -636,16 +653,7 @@ mod tests {
     fn forced_tier_records_skipped_reason() {
         let (tx, _rx) = sync_channel(1024);
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = TierContext {
-            fs: HostFs::new("/"),
-            prefetch: Arc::new(Prefetch::default()),
-            host: host(NsState::Host),
-            poll_interval: Duration::from_millis(100),
-            tx,
-            net_tx: None,
-            net_unavailable: Default::default(),
-            stop: stop.clone(),
-        };
+        let ctx = test_context(HostFs::new("/"), NsState::Host, tx, None, stop.clone());
         let selection = select_tier(TierChoice::Procpoll, &ctx).unwrap();
         assert_eq!(selection.tier, Tier::ProcPoll);
         assert_eq!(selection.skipped[0].1, "not tried: --tier procpoll");
@@ -681,16 +689,13 @@ mod tests {
         let (tx, _rx) = sync_channel(1024);
         let (net_tx, _net_rx) = sync_channel(1024);
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = TierContext {
-            fs: HostFs::new("/"),
-            prefetch: Arc::new(Prefetch::default()),
-            host: host(NsState::Host),
-            poll_interval: Duration::from_millis(100),
+        let ctx = test_context(
+            HostFs::new("/"),
+            NsState::Host,
             tx,
-            net_tx: Some(net_tx),
-            net_unavailable: Default::default(),
-            stop: stop.clone(),
-        };
+            Some(net_tx),
+            stop.clone(),
+        );
         let selection = select_tier(TierChoice::Ebpf, &ctx).unwrap();
         assert_eq!(selection.tier, Tier::Ebpf);
         assert_eq!(selection.kernel_network, Ok(()));
@@ -704,16 +709,13 @@ mod tests {
     fn missing_proc_means_no_tier() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, _rx) = sync_channel(16);
-        let ctx = TierContext {
-            fs: HostFs::new(dir.path()),
-            prefetch: Arc::new(Prefetch::default()),
-            host: host(NsState::Private),
-            poll_interval: Duration::from_millis(100),
+        let ctx = test_context(
+            HostFs::new(dir.path()),
+            NsState::Private,
             tx,
-            net_tx: None,
-            net_unavailable: Default::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
+            None,
+            Arc::new(AtomicBool::new(false)),
+        );
         let Err(SensorError::NoTier { reasons }) = select_tier(TierChoice::Netlink, &ctx) else {
             panic!("a tier started without /proc")
         };

@@ -1,7 +1,7 @@
 //! Processes recorded by the enricher, shared with other threads by pid.
 //!
-//! A kernel network report names a pid; when that process has already
-//! exited, `/proc` no longer tells its container. The enricher saw the
+//! A kernel network report names a pid. When that process has already
+//! exited, `/proc` no longer gives its container. The enricher saw the
 //! process start (with its cgroup read in the kernel in the eBPF tier), so it
 //! records each process here, and keeps exited ones for a while for reports
 //! that are still on their way.

@@ -103,9 +103,9 @@ pub fn sensor_child_main() {
             fs.clone(),
             picket_sensor::namespaces::read_boot_id(&fs),
             "test-host".into(),
-            Box::new(ResolverAdapter(
+            picket_sensor::sensor::resolver_lookup(
                 picket_sensor::container::ContainerResolver::new(&host_fs),
-            )),
+            ),
             Arc::new(picket_sensor::enrich::Stats::default()),
         )
         .with_registry(registry.clone());
@@ -154,17 +154,6 @@ pub fn sensor_child_main() {
     drop(rx);
     drop(ebpf_tier);
     handle.stop();
-}
-
-/// The container resolver as enrichment's lookup.
-struct ResolverAdapter(picket_sensor::container::ContainerResolver);
-
-impl picket_sensor::enrich::ContainerLookup for ResolverAdapter {
-    fn lookup(&mut self, cgroup_text: &str) -> Option<Arc<Value>> {
-        self.0
-            .resolve(cgroup_text)
-            .map(|info| Arc::new(info.to_json()))
-    }
 }
 
 /// A running sensor child and the lines it printed so far.

@@ -74,15 +74,15 @@ fn reports_of(
     mut done: impl FnMut(&[KernelNetEvent]) -> bool,
 ) -> Vec<KernelNetEvent> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut kept = Vec::new();
-    while Instant::now() < deadline && !done(&kept) {
+    let mut reports = Vec::new();
+    while Instant::now() < deadline && !done(&reports) {
         if let Ok(event) = tier.net.recv_timeout(Duration::from_millis(50)) {
             if event.pid == pid {
-                kept.push(event);
+                reports.push(event);
             }
         }
     }
-    kept
+    reports
 }
 
 fn addr(value: &Value) -> SocketAddr {

@@ -26,6 +26,9 @@ const NET_TCP_ACCEPT: u32 = 2;
 const NET_TCP_CLOSE: u32 = 3;
 const NET_UDP_SEND: u32 = 4;
 const NET_UDP_RECV: u32 = 5;
+/// Bit 0 of a record's flags: for TCP the connection was outgoing, for UDP
+/// the socket was connected.
+const NET_FLAG_TCP_OUTGOING: u32 = 1 << 0;
 const NET_FLAG_UDP_CONNECTED: u32 = 1 << 0;
 const NET_EVENT_LEN: usize = 104;
 const AF_INET: u16 = 2;
@@ -163,6 +166,8 @@ pub fn decode(record: &[u8], clock: &dyn BootClock) -> Result<Fact, DecodeError>
     Ok(fact)
 }
 
+/// Decodes the `net_event` part of a network or DNS record; the caller adds
+/// a DNS record's payload.
 fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, DecodeError> {
     let action = r.u32(24);
     let flags = r.u32(28);
@@ -180,6 +185,7 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
         (AF_INET6, IPPROTO_UDP) => Proto::Udp6,
         _ => return Err(bad),
     };
+
     let kind = r.u32(0);
     let action = match (action, proto.is_tcp()) {
         (0, false) if kind == EVENT_DNS => KernelAction::DnsResponse,
@@ -190,6 +196,7 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
         (NET_UDP_RECV, false) => KernelAction::UdpReceive,
         _ => return Err(bad),
     };
+
     let address = |at: usize, port: u16| -> SocketAddr {
         let bytes = r.slice(at, 16);
         if family == AF_INET {
@@ -212,7 +219,7 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
         start_ticks: r.u64(16),
         comm: String::from_utf8_lossy(&comm[..comm_len]).into_owned(),
         time_ns,
-        outgoing: flags & 1 != 0 && proto.is_tcp(),
+        outgoing: flags & NET_FLAG_TCP_OUTGOING != 0 && proto.is_tcp(),
         udp_connected: flags & NET_FLAG_UDP_CONNECTED != 0 && !proto.is_tcp(),
         payload: Vec::new(),
     })

@@ -48,10 +48,11 @@ const OWNER_LOOKUPS_PER_TURN: usize = 64;
 
 const DNS_PORT: u16 = 53;
 
-/// How long a response waits for the kernel to name the process behind its
-/// port, in the eBPF tier. The send that precedes a response is reported
-/// through the ring buffer, whose reader wakes at least every 20 ms.
-const KERNEL_OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a captured response waits, in the eBPF tier, for the kernel to
+/// report it as read by a process, or at least to name the process behind
+/// its port. Kernel reports come through the ring buffer, whose reader wakes
+/// at least every 20 ms.
+const KERNEL_REPORT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Interval between two reads of the capture sockets' drop counters.
 const DROP_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Responses held back at once; past it they are attributed right away.
@@ -480,7 +481,7 @@ impl Reader {
             netns,
             destination: datagram.destination,
             message,
-            deadline: std::time::Instant::now() + KERNEL_OWNER_WAIT,
+            deadline: std::time::Instant::now() + KERNEL_REPORT_WAIT,
         };
         if self.kernel.is_some() {
             // The kernel may report this response itself when the process

@@ -258,7 +258,7 @@ pub(crate) fn run(
             flows.prune();
         }
     }
-    // Reports still waiting go out with what /proc or the report tells.
+    // Reports still waiting are sent with what /proc or the report gives.
     for (event, _) in waiting {
         let process = resolver
             .process(&event, REGISTRY_WAIT)
@@ -276,8 +276,8 @@ pub(crate) fn run(
 /// different channels, so the report can come first.
 const REGISTRY_WAIT: Duration = Duration::from_secs(2);
 
-/// Wait for the exec of a process the registry knows only from its fork:
-/// the exec may have moved it to another container's cgroup.
+/// Wait for the exec of a process that the registry has only from its
+/// fork, because the exec may have moved it to another container's cgroup.
 const EXEC_SETTLE: Duration = Duration::from_millis(300);
 
 /// Finds the process of each report.
@@ -416,9 +416,6 @@ fn handle(
     hostname: &str,
     stats: &NetStats,
 ) -> Vec<Record> {
-    if event.action == KernelAction::DnsResponse {
-        return dns_response(event, &process, flows, hostname, stats);
-    }
     let key = FlowKey {
         proto: event.proto,
         local: event.local,
@@ -442,7 +439,9 @@ fn handle(
             };
             (event_type, event.outgoing, tcp_state::CLOSE)
         }
-        KernelAction::DnsResponse => unreachable!("handled above"),
+        KernelAction::DnsResponse => {
+            return dns_response(event, &process, flows, hostname, stats);
+        }
         KernelAction::UdpSend | KernelAction::UdpReceive => {
             flows.set_udp_owner(event.netns, event.local.port(), process.clone());
             NetStats::add(&stats.connections_new, 1);
