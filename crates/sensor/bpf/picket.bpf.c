@@ -858,12 +858,26 @@ static __always_inline void kept_endpoints(struct net_event *ev, struct sock_own
 /* Arguments of a send or receive call, kept from sys_enter until sys_exit. */
 struct pending_io {
 	s32 nr;
-	u32 is_msghdr;
-	/* User address of the sockaddr, or of the msghdr that points to it. */
+	/* What addr_arg points to: one of the ARG_* values below. */
+	u16 arg_kind;
+	/* Messages of a sendmmsg batch sent so far. */
+	u16 sent;
+	/* User address of the sockaddr, of the msghdr that points to it, or
+	 * of the first mmsghdr of a batch. */
 	u64 addr_arg;
 	/* Unconnected UDP socket the call received on, set in the call. */
 	u64 sk;
 };
+
+#define ARG_SOCKADDR 0
+#define ARG_MSGHDR 1
+#define ARG_MMSGHDR 2
+
+/* sizeof(struct mmsghdr) on 64-bit targets: a msghdr and msg_len, padded. */
+#define MMSGHDR_SIZE 64
+/* Messages of one recvmmsg(2) batch whose peers are read; the rest of a
+ * longer batch is not reported. */
+#define MMSG_PEERS_MAX 16
 
 /* A UDP socket and one of its peers. The kernel reuses a freed socket's
  * memory, so the socket is named by its address and its inode number. */
@@ -1156,15 +1170,19 @@ static __always_inline int read_user_peer(struct net_event *ev, u64 addr)
 	return 1;
 }
 
-/* User address of the peer sockaddr a pending call names. */
-static __always_inline u64 peer_addr_of(struct pending_io *io)
+/* User address of the peer sockaddr a pending call names; for a batch,
+ * the one of message `index`. */
+static __always_inline u64 peer_addr_of(struct pending_io *io, u32 index)
 {
-	u64 addr = io->addr_arg;
-	if (io->is_msghdr) {
-		/* msg_name is the first member of struct msghdr. */
-		if (!addr || bpf_probe_read_user(&addr, sizeof(addr), (void *)io->addr_arg) < 0)
-			return 0;
-	}
+	u64 header = io->addr_arg;
+	if (io->arg_kind == ARG_SOCKADDR)
+		return header;
+	if (io->arg_kind == ARG_MMSGHDR)
+		header += (u64)index * MMSGHDR_SIZE;
+	/* msg_name is the first member of struct msghdr. */
+	u64 addr = 0;
+	if (!header || bpf_probe_read_user(&addr, sizeof(addr), (void *)header) < 0)
+		return 0;
 	return addr;
 }
 
@@ -1196,8 +1214,15 @@ static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
 	if (ev.remote_port != 0)
 		ev.flags = NET_FLAG_UDP_CONNECTED;
 	/* A connected socket may still send to an address given in the call,
-	 * so that address comes first. */
-	if (sending && io && read_user_peer(&ev, peer_addr_of(io))) {
+	 * so that address comes first. sendmmsg(2) sends its messages in
+	 * order, one pass through here each. */
+	u64 given = 0;
+	if (sending && io) {
+		given = peer_addr_of(io, io->sent);
+		if (io->arg_kind == ARG_MMSGHDR)
+			io->sent++;
+	}
+	if (given && read_user_peer(&ev, given)) {
 		if (ev.remote_port == DNS_PORT && !(ev.flags & NET_FLAG_UDP_CONNECTED)) {
 			struct dns_client_key client = { .sk = (u64)sk, .ino = sock_ino(sk) };
 			struct dns_server server = { .port = DNS_PORT };
@@ -1238,7 +1263,7 @@ static __always_inline void net_sys_enter(struct pt_regs *regs, s32 nr, u64 pid_
 		io.addr_arg = SYSCALL_ARG4(regs);
 	} else {
 		io.addr_arg = SYSCALL_ARG1(regs);
-		io.is_msghdr = 1;
+		io.arg_kind = (nr == nr_sendmmsg || nr == nr_recvmmsg) ? ARG_MMSGHDR : ARG_MSGHDR;
 	}
 	if (!io.addr_arg)
 		return;
@@ -1263,8 +1288,14 @@ static __always_inline void net_sys_exit(s32 nr, long ret, u64 pid_tgid)
 	struct sock *sk = (struct sock *)io.sk;
 	struct net_event ev = {};
 	put_endpoints(&ev, sk);
-	if (read_user_peer(&ev, peer_addr_of(&io)))
-		report_udp_peer(&ev, NET_UDP_RECV, sk);
+	/* recvmmsg(2) returns how many messages it filled. */
+	long messages = io.arg_kind == ARG_MMSGHDR ? ret : 1;
+	for (u32 i = 0; i < MMSG_PEERS_MAX; i++) {
+		if (i >= messages)
+			break;
+		if (read_user_peer(&ev, peer_addr_of(&io, i)))
+			report_udp_peer(&ev, NET_UDP_RECV, sk);
+	}
 }
 
 /*

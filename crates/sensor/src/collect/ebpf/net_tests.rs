@@ -304,3 +304,87 @@ print(json.dumps({{'b': b.getsockname(), 'k': k.getsockname()}}))"
     );
     assert!(send.udp_connected);
 }
+
+/// Python has no sendmmsg or recvmmsg; these ctypes definitions call libc's.
+const MMSG_PRELUDE: &str = "import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [('name', ctypes.c_void_p), ('namelen', ctypes.c_uint32),
+                ('iov', ctypes.POINTER(iovec)), ('iovlen', ctypes.c_size_t),
+                ('control', ctypes.c_void_p), ('controllen', ctypes.c_size_t),
+                ('flags', ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [('hdr', msghdr), ('len', ctypes.c_uint)]
+assert ctypes.sizeof(mmsghdr) == 64
+def sockaddr(addr):
+    raw = struct.pack('=H', socket.AF_INET) + struct.pack('!H', addr[1])
+    return ctypes.create_string_buffer(raw + socket.inet_aton(addr[0]) + bytes(8), 16)
+def batch(n, names):
+    msgs = (mmsghdr * n)()
+    keep = []
+    for i in range(n):
+        buf = ctypes.create_string_buffer(64)
+        iov = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)
+        name = names[i] if names else ctypes.create_string_buffer(16)
+        keep += [buf, iov, name]
+        msgs[i].hdr.name = ctypes.cast(name, ctypes.c_void_p)
+        msgs[i].hdr.namelen = 16
+        msgs[i].hdr.iov = ctypes.pointer(iov)
+        msgs[i].hdr.iovlen = 1
+    return msgs, keep
+";
+
+#[test]
+fn every_peer_of_a_batch_reported() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}{MMSG_PRELUDE}
+# One sendmmsg call to three receivers.
+rs = []
+for i in range(3):
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r.bind(('127.0.0.1', 0)); rs.append(r)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))
+msgs, keep = batch(3, [sockaddr(r.getsockname()) for r in rs])
+assert libc.sendmmsg(s.fileno(), msgs, 3, 0) == 3, ctypes.get_errno()
+# Three senders, then one recvmmsg call that reads all three datagrams.
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.bind(('127.0.0.1', 0))
+senders = []
+for i in range(3):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(('127.0.0.1', 0))
+    a.sendto(b'x', q.getsockname()); senders.append(a)
+time.sleep(0.05)
+msgs, keep = batch(3, None)
+MSG_DONTWAIT = 0x40
+assert libc.recvmmsg(q.fileno(), msgs, 3, MSG_DONTWAIT, None) == 3, ctypes.get_errno()
+out = {{'s': s.getsockname(), 'rs': [r.getsockname() for r in rs],
+       'q': q.getsockname(), 'senders': [a.getsockname() for a in senders]}}
+print(json.dumps(out))"
+    ));
+    let s = addr(&ports["s"]);
+    let q = addr(&ports["q"]);
+    let list = |key: &str| -> Vec<SocketAddr> {
+        ports[key].as_array().unwrap().iter().map(addr).collect()
+    };
+    let receivers = list("rs");
+    let senders = list("senders");
+    // Three batch sends, three plain sends, three batch receives.
+    let events = reports_of(&tier, pid, |e| e.len() >= 9);
+    let find = |action, local, remote| {
+        events
+            .iter()
+            .filter(|e| e.action == action && e.local == local && e.remote == remote)
+            .count()
+    };
+    for r in &receivers {
+        assert_eq!(find(KernelAction::UdpSend, s, *r), 1, "to {r}: {events:#?}");
+    }
+    for a in &senders {
+        assert_eq!(
+            find(KernelAction::UdpReceive, q, *a),
+            1,
+            "from {a}: {events:#?}"
+        );
+    }
+}
