@@ -1114,21 +1114,14 @@ int handle_inet_sock_set_state(u64 *ctx)
 	return 0;
 }
 
-/* accept(2) returned descriptor `fd`: report the connection behind it. */
-static __always_inline void on_accept(u32 tgid, s32 fd)
+/* The current process took the incoming connection on `sk`: report it
+ * once, unless it was opened before the programs were attached (no entry;
+ * the socket table poll reports it) or it is outgoing. */
+static __always_inline void report_accept(struct sock *sk, u32 tgid)
 {
-	struct file *file = fd_file(fd);
-	if (!file)
-		return;
-	struct socket *sock = rd(file->private_data);
-	if (!sock)
-		return;
-	struct sock *sk = rd(sock->sk);
 	u64 key = (u64)sk;
 	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
-	/* No entry: the connection was established before the programs were
-	 * attached; the socket table poll reports it. */
-	if (!owner || (owner->flags & OWNER_REPORTED))
+	if (!owner || (owner->flags & (OWNER_REPORTED | OWNER_OUTGOING)))
 		return;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	owner->tgid = tgid;
@@ -1141,6 +1134,18 @@ static __always_inline void on_accept(u32 tgid, s32 fd)
 	put_endpoints(&ev, sk);
 	keep_endpoints(owner, &ev);
 	send_net_event(&ev, NET_TCP_ACCEPT, tgid, owner->start_ticks);
+}
+
+/* accept(2) returned descriptor `fd`: report the connection behind it. */
+static __always_inline void on_accept(u32 tgid, s32 fd)
+{
+	struct file *file = fd_file(fd);
+	if (!file)
+		return;
+	struct socket *sock = rd(file->private_data);
+	if (!sock)
+		return;
+	report_accept(rd(sock->sk), tgid);
 }
 
 /* Reads a peer from a user sockaddr into the event; false when it is not
@@ -1200,12 +1205,20 @@ static __always_inline void report_udp_peer(struct net_event *ev, u32 action, st
 	send_net_event(ev, action, bpf_get_current_pid_tgid() >> 32, start_ticks_of(task));
 }
 
-static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
+static __always_inline void on_socket_io(struct sock *sk, int ret, int sending)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!net_events_enabled || ret <= 0 || (u32)(pid_tgid >> 32) == self_tgid)
+	if (!net_events_enabled || (u32)(pid_tgid >> 32) == self_tgid)
 		return;
-	if (rd(sk->sk_protocol) != IPPROTO_UDP || !is_inet(sk))
+	u16 protocol = rd(sk->sk_protocol);
+	if (protocol == IPPROTO_TCP) {
+		/* A connection taken without accept(2), as io_uring's accept
+		 * does, is reported when its process first reads or writes it,
+		 * even if that call fails. */
+		report_accept(sk, pid_tgid >> 32);
+		return;
+	}
+	if (ret <= 0 || protocol != IPPROTO_UDP || !is_inet(sk))
 		return;
 	struct net_event ev = {};
 	put_endpoints(&ev, sk);
@@ -1245,14 +1258,14 @@ static __always_inline void on_udp_io(struct sock *sk, int ret, int sending)
 SEC("tp_btf/sock_send_length")
 int handle_sock_send_length(u64 *ctx)
 {
-	on_udp_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 1);
+	on_socket_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 1);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int handle_sock_recv_length(u64 *ctx)
 {
-	on_udp_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 0);
+	on_socket_io(ctx_arg(ctx, 0), (int)(u64)ctx_arg(ctx, 1), 0);
 	return 0;
 }
 

@@ -388,3 +388,94 @@ print(json.dumps(out))"
         );
     }
 }
+
+/// In the child `io_uring_accept_reported` starts: the file its result goes
+/// to.
+const URING_RESULT_ENV: &str = "PICKET_TEST_URING_RESULT";
+
+/// Child side of `io_uring_accept_reported`: takes a connection with
+/// io_uring's accept, so no accept(2) call is made, then reads from it.
+/// Does nothing in a normal test run.
+#[test]
+fn uring_accept_child() {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    let Some(result) = std::env::var_os(URING_RESULT_ENV) else {
+        return;
+    };
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(ring) => ring,
+        Err(error) => {
+            let reason = format!("io_uring unavailable: {error}");
+            std::fs::write(
+                result,
+                serde_json::json!({ "unavailable": reason }).to_string(),
+            )
+            .unwrap();
+            return;
+        }
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut client = std::net::TcpStream::connect(server).unwrap();
+    let fd = io_uring::types::Fd(listener.as_raw_fd());
+    let accept =
+        io_uring::opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).build();
+    // SAFETY: the entry holds no buffers; the listener outlives the ring's
+    // use of it, which ends at the completion read below.
+    unsafe { ring.submission().push(&accept).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let completion = ring.completion().next().expect("one completion");
+    let accepted = completion.result();
+    assert!(
+        accepted >= 0,
+        "io_uring accept failed: {}",
+        std::io::Error::from_raw_os_error(-accepted)
+    );
+    // SAFETY: the completion's result is a new descriptor nothing else owns.
+    let mut accepted = unsafe { std::net::TcpStream::from_raw_fd(accepted) };
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    accepted.read_exact(&mut byte).unwrap();
+    let out = serde_json::json!({
+        "server": server.to_string(),
+        "client": client.local_addr().unwrap().to_string(),
+    });
+    std::fs::write(result, out.to_string()).unwrap();
+}
+
+#[test]
+fn io_uring_accept_reported() {
+    let Some(tier) = start_tier() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let result = dir.path().join("result.json");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "collect::ebpf::net_tests::uring_accept_child",
+            "--test-threads=1",
+        ])
+        .env(URING_RESULT_ENV, &result)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success(), "the io_uring child failed");
+    let out: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    if let Some(reason) = out["unavailable"].as_str() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{reason}");
+        println!("skipped: {reason}");
+        return;
+    }
+    let server: SocketAddr = out["server"].as_str().unwrap().parse().unwrap();
+    let client: SocketAddr = out["client"].as_str().unwrap().parse().unwrap();
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpAccept) > 0);
+    let accepts: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == KernelAction::TcpAccept)
+        .collect();
+    assert_eq!(accepts.len(), 1, "{events:#?}");
+    assert_eq!(accepts[0].local, server);
+    assert_eq!(accepts[0].remote, client);
+}
