@@ -422,8 +422,8 @@ fn uring_accept_child() {
     let fd = io_uring::types::Fd(listener.as_raw_fd());
     let accept =
         io_uring::opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).build();
-    // SAFETY: the entry holds no buffers; the listener outlives the ring's
-    // use of it, which ends at the completion read below.
+    // SAFETY: the entry points to no buffer, and the listener stays open
+    // until the completion below is read.
     unsafe { ring.submission().push(&accept).unwrap() };
     ring.submit_and_wait(1).unwrap();
     let completion = ring.completion().next().expect("one completion");
@@ -462,6 +462,7 @@ fn io_uring_accept_reported() {
         .unwrap();
     let pid = child.id();
     assert!(child.wait().unwrap().success(), "the io_uring child failed");
+
     let out: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
     if let Some(reason) = out["unavailable"].as_str() {
         assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{reason}");
@@ -470,6 +471,7 @@ fn io_uring_accept_reported() {
     }
     let server: SocketAddr = out["server"].as_str().unwrap().parse().unwrap();
     let client: SocketAddr = out["client"].as_str().unwrap().parse().unwrap();
+
     let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpAccept) > 0);
     let accepts: Vec<_> = events
         .iter()
