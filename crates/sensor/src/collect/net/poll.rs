@@ -352,6 +352,12 @@ impl Poller {
                 && state.listened.len() < MAX_LISTENED_PORTS
             {
                 state.listened.insert((entry.proto, entry.local.port()));
+                // A dual-stack listener (IPV6_V6ONLY off, the Linux default)
+                // also accepts IPv4 clients, whose flows the tables list
+                // under TCP4 once their mapped addresses are unmapped.
+                if entry.proto == Proto::Tcp6 && entry.local.ip().is_unspecified() {
+                    state.listened.insert((Proto::Tcp4, entry.local.port()));
+                }
             }
         }
         let listening = &state.listened;
@@ -826,5 +832,60 @@ mod tests {
             ours(&third, ports[1])
         );
         assert!(!flows.tcp_open(netns, &closed_key));
+    }
+
+    /// An IPv4 client of a dual-stack listener: the tables list the listener
+    /// under TCP6 and the accepted flow under TCP4, on an ephemeral port, and
+    /// the server's side is still incoming.
+    #[test]
+    fn dual_stack_listener_flow_is_incoming() {
+        let config = NetConfig {
+            hostname: "test-host".into(),
+            ..NetConfig::default()
+        };
+        let mut poller = Poller::new(
+            config,
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            Arc::new(NetStats::default()),
+            None,
+            None,
+        );
+        // Dual-stack as long as net.ipv6.bindv6only is 0, the default.
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+
+        let records = poller.poll_once();
+        let mut sides: Vec<(String, u64, u64, u64)> = records
+            .iter()
+            .filter(|r| {
+                let ports = [&r.event["SOURCE"]["PORT"], &r.event["DESTINATION"]["PORT"]];
+                ports.contains(&&serde_json::json!(port))
+                    && ports.contains(&&serde_json::json!(client_port))
+            })
+            .map(|r| {
+                (
+                    r.routing.event_type.clone(),
+                    r.event["IS_OUTGOING"].as_u64().unwrap(),
+                    r.event["SOURCE"]["PORT"].as_u64().unwrap(),
+                    r.event["DESTINATION"]["PORT"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        sides.sort();
+        let (client_port, port) = (u64::from(client_port), u64::from(port));
+        let new = "NEW_TCP4_CONNECTION".to_string();
+        assert_eq!(
+            sides,
+            vec![
+                (new.clone(), 0, client_port, port),
+                (new, 1, client_port, port)
+            ],
+            "server side first, then client side"
+        );
     }
 }
