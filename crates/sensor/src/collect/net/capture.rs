@@ -31,9 +31,10 @@ use picket_event::{types, Record};
 
 use super::discover::Discovery;
 use super::kernel::KernelFlows;
-use super::procfs::{self, Proto};
+use super::procfs;
 use super::record::{self, Attributor};
 use super::sys::{self, FilterInstruction};
+use super::udp_ports::{PortSocket, UdpTables};
 use super::{NetStats, Sink};
 use crate::dns::{self, RecordData};
 
@@ -314,6 +315,7 @@ pub(crate) fn start(
         sockets: Vec::new(),
         kernel,
         deferred: std::collections::VecDeque::new(),
+        udp_tables: UdpTables::default(),
     };
     let thread = std::thread::Builder::new()
         .name("picket-net-dns".into())
@@ -342,6 +344,8 @@ struct Reader {
     kernel: Option<Arc<KernelFlows>>,
     /// Responses waiting for the kernel to name their process, oldest first.
     deferred: std::collections::VecDeque<Response>,
+    /// Namespaces' UDP tables read in this turn.
+    udp_tables: UdpTables,
 }
 
 /// A parsed DNS response and where it was seen.
@@ -349,6 +353,7 @@ struct Response {
     netns: u64,
     destination: SocketAddr,
     message: dns::Message,
+    captured: std::time::Instant,
     /// Until when it may wait for its process.
     deadline: std::time::Instant,
 }
@@ -372,6 +377,7 @@ impl Reader {
                     Command::Remove { netns } => self.sockets.retain(|(n, _)| *n != netns),
                 }
             }
+            self.udp_tables.clear();
             if !self.flush_deferred(sink, false) {
                 return;
             }
@@ -477,11 +483,13 @@ impl Reader {
         if message.answers.is_empty() && message.rcode() == 0 {
             return Vec::new();
         }
+        let captured = std::time::Instant::now();
         let response = Response {
             netns,
             destination: datagram.destination,
             message,
-            deadline: std::time::Instant::now() + KERNEL_REPORT_WAIT,
+            captured,
+            deadline: captured + KERNEL_REPORT_WAIT,
         };
         if self.kernel.is_some() {
             // The kernel may report this response itself when the process
@@ -497,9 +505,10 @@ impl Reader {
 
     /// Handles the deferred responses whose wait ended (all of them when
     /// `all`). A response the kernel reported as read by a process is
-    /// dropped. The others are sent with the process that last used their
-    /// port, if the kernel named one. Returns false once the receiver is
-    /// closed.
+    /// dropped. So is one sent to a port that no process sent from and no
+    /// socket is bound to. The others are sent with the process that last
+    /// used their port, if the kernel named one. Returns false once the
+    /// receiver is closed.
     fn flush_deferred(&mut self, sink: &Sink, all: bool) -> bool {
         let Some(kernel) = self.kernel.clone() else {
             return true;
@@ -519,7 +528,24 @@ impl Reader {
             }
             let records = match kernel.udp_owner(response.netns, port) {
                 Some(owner) => self.records(&response, Some(owner)),
-                None => self.attribute(&response, &mut lookups_left),
+                None => {
+                    let pids = self.namespace_pids(response.netns);
+                    let socket = self.socket_at(&response, &pids);
+                    if socket == PortSocket::Unbound {
+                        // The hooks report every UDP socket's first send, so
+                        // no query left this port: the datagram was sent
+                        // unasked, as a forged response is.
+                        NetStats::add(&self.stats.dns_unsolicited, 1);
+                        tracing::debug!(
+                            netns = response.netns,
+                            destination = %response.destination,
+                            id = response.message.id,
+                            "dns response to a port that sent no query dropped"
+                        );
+                        continue;
+                    }
+                    self.attribute_to(&response, &pids, socket, &mut lookups_left)
+                }
             };
             for record in records {
                 if !sink.send(record) {
@@ -531,26 +557,57 @@ impl Reader {
         true
     }
 
+    fn namespace_pids(&self, netns: u64) -> Vec<u32> {
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&netns)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn socket_at(&mut self, response: &Response, pids: &[u32]) -> PortSocket {
+        self.udp_tables.socket_at(
+            &self.proc_root,
+            response.netns,
+            pids,
+            &response.destination,
+            response.captured,
+        )
+    }
+
     /// Builds the records of a response whose process is looked up in the
     /// namespace's socket tables, else given as the namespace's container.
     fn attribute(&mut self, response: &Response, lookups_left: &mut usize) -> Vec<Record> {
-        let pids = self
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&response.netns)
-            .cloned()
-            .unwrap_or_default();
-        let owner = if *lookups_left > 0 {
-            *lookups_left -= 1;
-            self.owner_of(&pids, &response.destination)
-        } else {
-            None
+        let pids = self.namespace_pids(response.netns);
+        let socket = self.socket_at(response, &pids);
+        self.attribute_to(response, &pids, socket, lookups_left)
+    }
+
+    /// Builds the records of a response sent to `socket` in a namespace of
+    /// processes `pids`: with the socket's process when it is found within
+    /// the turn's budget of descriptor scans, else with the container.
+    fn attribute_to(
+        &mut self,
+        response: &Response,
+        pids: &[u32],
+        socket: PortSocket,
+        lookups_left: &mut usize,
+    ) -> Vec<Record> {
+        let owner = match socket {
+            PortSocket::Bound(inode) if *lookups_left > 0 => {
+                *lookups_left -= 1;
+                let owners = procfs::socket_owners(&self.proc_root, pids);
+                owners
+                    .get(&inode)
+                    .and_then(|&pid| self.attributor.context(pid))
+            }
+            _ => None,
         };
         match owner {
             Some(owner) => self.records(response, Some(owner)),
             None => {
-                let container = self.attributor.namespace_container(&pids);
+                let container = self.attributor.namespace_container(pids);
                 let mut records = self.records(response, None);
                 if let Some(container) = container {
                     for record in &mut records {
@@ -574,32 +631,6 @@ impl Reader {
             &response.message,
             owner.as_ref(),
         )
-    }
-
-    /// Finds the process owning the UDP socket a response was sent to, if
-    /// it still exists when the response is read.
-    fn owner_of(
-        &mut self,
-        pids: &[u32],
-        destination: &SocketAddr,
-    ) -> Option<record::ProcessContext> {
-        let proto = match destination {
-            SocketAddr::V4(_) => Proto::Udp4,
-            SocketAddr::V6(_) => Proto::Udp6,
-        };
-        let pid = *pids.first()?;
-        let net_dir = self.proc_root.join(format!("{pid}/net"));
-        let text = std::fs::read_to_string(net_dir.join(proto.table_name())).ok()?;
-        let (entries, _) = procfs::parse_table(proto, &text);
-        let inode = entries
-            .iter()
-            .find(|e| {
-                e.local.port() == destination.port()
-                    && (e.local.ip() == destination.ip() || e.local.ip().is_unspecified())
-            })?
-            .inode;
-        let owners = procfs::socket_owners(&self.proc_root, pids);
-        self.attributor.context(*owners.get(&inode)?)
     }
 }
 
@@ -768,5 +799,93 @@ mod tests {
         packet[3] = 0x80;
         let message = crate::dns::parse_response(&packet).unwrap();
         assert!(dns_records("host", 42, &message, None).is_empty());
+    }
+
+    fn reader(kernel: Option<Arc<KernelFlows>>, netns: u64) -> (Reader, Arc<NetStats>) {
+        let stats = Arc::new(NetStats::default());
+        let pids = HashMap::from([(netns, vec![std::process::id()])]);
+        let reader = Reader {
+            hostname: "test-host".into(),
+            attributor: Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            stats: stats.clone(),
+            pids: Arc::new(Mutex::new(pids)),
+            proc_root: PathBuf::from("/proc"),
+            sockets: Vec::new(),
+            kernel,
+            deferred: std::collections::VecDeque::new(),
+            udp_tables: UdpTables::default(),
+        };
+        (reader, stats)
+    }
+
+    fn response_to(netns: u64, destination: SocketAddr, id: u16) -> Response {
+        let query = dns::build::query(id, "a.picket.test", dns::TYPE_A);
+        let answer = dns::build::AnswerData::Address("10.1.2.3".parse().unwrap());
+        let payload = dns::build::response(&query, &[answer]).unwrap();
+        let captured = std::time::Instant::now();
+        Response {
+            netns,
+            destination,
+            message: dns::parse_response(&payload).unwrap(),
+            captured,
+            deadline: captured,
+        }
+    }
+
+    /// In the eBPF tier, a response to a port that no process sent from
+    /// and no socket is bound to is dropped and counted; one to a bound
+    /// socket is reported with the socket's process.
+    #[test]
+    fn unsolicited_response_dropped_with_ebpf() {
+        use std::os::unix::fs::MetadataExt;
+
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let (mut reader, stats) = reader(Some(Arc::new(KernelFlows::default())), netns);
+        let open = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        reader
+            .deferred
+            .push_back(response_to(netns, open.local_addr().unwrap(), 1));
+        reader.deferred.push_back(response_to(netns, closed, 2));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let sink = Sink {
+            tx,
+            stats: stats.clone(),
+        };
+
+        assert!(reader.flush_deferred(&sink, true));
+        let mut records = Vec::new();
+        while let Ok(record) = rx.try_recv() {
+            records.push(record);
+        }
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(records[0].event["MESSAGE_ID"], 1);
+        assert_eq!(records[0].event["PROCESS_ID"], std::process::id());
+        assert_eq!(stats.dns_unsolicited.load(Ordering::Relaxed), 1);
+    }
+
+    /// Without eBPF no report shows which ports sent queries, and a client
+    /// may close its socket before the capture reads the response, so a
+    /// response to an unbound port is still reported, with no process.
+    #[test]
+    fn response_to_unbound_port_kept_without_ebpf() {
+        use std::os::unix::fs::MetadataExt;
+
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let (mut reader, stats) = reader(None, netns);
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut lookups_left = OWNER_LOOKUPS_PER_TURN;
+
+        let records = reader.attribute(&response_to(netns, closed, 3), &mut lookups_left);
+        assert_eq!(records.len(), 1, "{records:#?}");
+        assert_eq!(records[0].event["MESSAGE_ID"], 3);
+        assert_eq!(records[0].event.get("PROCESS_ID"), None);
+        assert_eq!(stats.dns_unsolicited.load(Ordering::Relaxed), 0);
     }
 }

@@ -35,6 +35,7 @@ pub mod poll;
 pub mod procfs;
 mod record;
 pub mod sys;
+mod udp_ports;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,6 +147,9 @@ pub struct NetStats {
     pub dns_deferred: AtomicU64,
     /// Captured responses dropped because the kernel reported them as read.
     pub dns_read_by_kernel: AtomicU64,
+    /// Captured responses dropped in the eBPF tier because they were sent
+    /// to a port no process sent from and no socket was bound to.
+    pub dns_unsolicited: AtomicU64,
     /// DNS responses read from the receiving process by the kernel hooks.
     pub dns_kernel_responses: AtomicU64,
 }
@@ -184,6 +188,7 @@ impl NetStats {
             ("kernel_events", load(&self.kernel_events)),
             ("dns_deferred", load(&self.dns_deferred)),
             ("dns_read_by_kernel", load(&self.dns_read_by_kernel)),
+            ("dns_unsolicited", load(&self.dns_unsolicited)),
             ("dns_kernel_responses", load(&self.dns_kernel_responses)),
         ]
     }
