@@ -811,7 +811,11 @@ static __always_inline void on_write(u32 tgid, s32 fd)
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define PF_KTHREAD 0x00200000
 
 #define OWNER_OUTGOING (1 << 0)
 #define OWNER_REPORTED (1 << 1)
@@ -1053,6 +1057,28 @@ static __always_inline int is_inet(struct sock *sk)
 	return family == AF_INET || family == AF_INET6;
 }
 
+/* The current process took the incoming connection on `sk`: report it
+ * once, unless it was opened before the programs were attached (no entry;
+ * the socket table poll reports it) or it is outgoing. */
+static __always_inline void report_accept(struct sock *sk, u32 tgid)
+{
+	u64 key = (u64)sk;
+	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+	if (!owner || (owner->flags & (OWNER_REPORTED | OWNER_OUTGOING)))
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	owner->tgid = tgid;
+	owner->start_ticks = start_ticks_of(task);
+	owner->flags |= OWNER_REPORTED;
+	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
+
+	struct net_event ev = {};
+	__builtin_memcpy(ev.comm, owner->comm, sizeof(ev.comm));
+	put_endpoints(&ev, sk);
+	keep_endpoints(owner, &ev);
+	send_net_event(&ev, NET_TCP_ACCEPT, tgid, owner->start_ticks);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int handle_inet_sock_set_state(u64 *ctx)
 {
@@ -1084,6 +1110,19 @@ int handle_inet_sock_set_state(u64 *ctx)
 		return 0;
 	}
 
+	if ((newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED) ||
+	    (newstate == TCP_LAST_ACK && oldstate == TCP_CLOSE_WAIT)) {
+		/* The local side closes or shuts down, which tcp_close and
+		 * tcp_shutdown do in the calling process: it owns an incoming
+		 * connection no accept call claimed (io_uring's accept), even
+		 * if it never read or wrote it. */
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (tgid != self_tgid && !(rd(task->flags) & PF_KTHREAD))
+			report_accept(sk, tgid);
+		return 0;
+	}
+
 	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
 	if (!owner)
 		return 0;
@@ -1112,28 +1151,6 @@ int handle_inet_sock_set_state(u64 *ctx)
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&sock_owners, &key);
 	return 0;
-}
-
-/* The current process took the incoming connection on `sk`: report it
- * once, unless it was opened before the programs were attached (no entry;
- * the socket table poll reports it) or it is outgoing. */
-static __always_inline void report_accept(struct sock *sk, u32 tgid)
-{
-	u64 key = (u64)sk;
-	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
-	if (!owner || (owner->flags & (OWNER_REPORTED | OWNER_OUTGOING)))
-		return;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	owner->tgid = tgid;
-	owner->start_ticks = start_ticks_of(task);
-	owner->flags |= OWNER_REPORTED;
-	bpf_get_current_comm(owner->comm, sizeof(owner->comm));
-
-	struct net_event ev = {};
-	__builtin_memcpy(ev.comm, owner->comm, sizeof(ev.comm));
-	put_endpoints(&ev, sk);
-	keep_endpoints(owner, &ev);
-	send_net_event(&ev, NET_TCP_ACCEPT, tgid, owner->start_ticks);
 }
 
 /* accept(2) returned descriptor `fd`: report the connection behind it. */

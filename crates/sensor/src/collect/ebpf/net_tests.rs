@@ -393,9 +393,10 @@ print(json.dumps(out))"
 /// to.
 const URING_RESULT_ENV: &str = "PICKET_TEST_URING_RESULT";
 
-/// Child side of `io_uring_accept_reported`: takes a connection with
-/// io_uring's accept, so no accept(2) call is made, then reads from it.
-/// Does nothing in a normal test run.
+/// Child side of `io_uring_accept_reported`: takes two connections with
+/// io_uring's accept, so no accept(2) call is made. It reads from the
+/// first and closes the second without reading or writing. Does nothing in
+/// a normal test run.
 #[test]
 fn uring_accept_child() {
     use std::io::{Read, Write};
@@ -418,29 +419,38 @@ fn uring_accept_child() {
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
+    let mut accept = || {
+        let fd = io_uring::types::Fd(listener.as_raw_fd());
+        let entry =
+            io_uring::opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).build();
+        // SAFETY: the entry points to no buffer, and the listener stays
+        // open until the completion below is read.
+        unsafe { ring.submission().push(&entry).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        let completion = ring.completion().next().expect("one completion");
+        let accepted = completion.result();
+        assert!(
+            accepted >= 0,
+            "io_uring accept failed: {}",
+            std::io::Error::from_raw_os_error(-accepted)
+        );
+        // SAFETY: the completion's result is a new descriptor nothing else
+        // owns.
+        unsafe { std::net::TcpStream::from_raw_fd(accepted) }
+    };
+
     let mut client = std::net::TcpStream::connect(server).unwrap();
-    let fd = io_uring::types::Fd(listener.as_raw_fd());
-    let accept =
-        io_uring::opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).build();
-    // SAFETY: the entry points to no buffer, and the listener stays open
-    // until the completion below is read.
-    unsafe { ring.submission().push(&accept).unwrap() };
-    ring.submit_and_wait(1).unwrap();
-    let completion = ring.completion().next().expect("one completion");
-    let accepted = completion.result();
-    assert!(
-        accepted >= 0,
-        "io_uring accept failed: {}",
-        std::io::Error::from_raw_os_error(-accepted)
-    );
-    // SAFETY: the completion's result is a new descriptor nothing else owns.
-    let mut accepted = unsafe { std::net::TcpStream::from_raw_fd(accepted) };
+    let mut accepted = accept();
     client.write_all(b"x").unwrap();
     let mut byte = [0u8; 1];
     accepted.read_exact(&mut byte).unwrap();
+
+    let silent_client = std::net::TcpStream::connect(server).unwrap();
+    drop(accept());
     let out = serde_json::json!({
         "server": server.to_string(),
         "client": client.local_addr().unwrap().to_string(),
+        "silent_client": silent_client.local_addr().unwrap().to_string(),
     });
     std::fs::write(result, out.to_string()).unwrap();
 }
@@ -471,13 +481,17 @@ fn io_uring_accept_reported() {
     }
     let server: SocketAddr = out["server"].as_str().unwrap().parse().unwrap();
     let client: SocketAddr = out["client"].as_str().unwrap().parse().unwrap();
+    let silent: SocketAddr = out["silent_client"].as_str().unwrap().parse().unwrap();
 
-    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpAccept) > 0);
-    let accepts: Vec<_> = events
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpAccept) >= 2);
+    let accepted_from: Vec<_> = events
         .iter()
         .filter(|e| e.action == KernelAction::TcpAccept)
+        .map(|e| (e.local, e.remote))
         .collect();
-    assert_eq!(accepts.len(), 1, "{events:#?}");
-    assert_eq!(accepts[0].local, server);
-    assert_eq!(accepts[0].remote, client);
+    assert_eq!(
+        accepted_from,
+        vec![(server, client), (server, silent)],
+        "the read one, then the one closed unread: {events:#?}"
+    );
 }
