@@ -1057,9 +1057,9 @@ static __always_inline int is_inet(struct sock *sk)
 	return family == AF_INET || family == AF_INET6;
 }
 
-/* The current process took the incoming connection on `sk`: report it
- * once, unless it was opened before the programs were attached (no entry;
- * the socket table poll reports it) or it is outgoing. */
+/* Reports the incoming connection on `sk`, once, as taken by the current
+ * process. One opened before the programs were attached has no entry, and
+ * the socket table poll reports it instead. Outgoing ones are skipped. */
 static __always_inline void report_accept(struct sock *sk, u32 tgid)
 {
 	u64 key = (u64)sk;
@@ -1112,10 +1112,10 @@ int handle_inet_sock_set_state(u64 *ctx)
 
 	if ((newstate == TCP_FIN_WAIT1 && oldstate == TCP_ESTABLISHED) ||
 	    (newstate == TCP_LAST_ACK && oldstate == TCP_CLOSE_WAIT)) {
-		/* The local side closes or shuts down, which tcp_close and
-		 * tcp_shutdown do in the calling process: it owns an incoming
-		 * connection no accept call claimed (io_uring's accept), even
-		 * if it never read or wrote it. */
+		/* The local side closes or shuts down. tcp_close and
+		 * tcp_shutdown run in the calling process, so that process owns
+		 * an incoming connection no accept call claimed (io_uring's
+		 * accept), even one it never read or wrote. */
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		u32 tgid = bpf_get_current_pid_tgid() >> 32;
 		if (tgid != self_tgid && !(rd(task->flags) & PF_KTHREAD))
