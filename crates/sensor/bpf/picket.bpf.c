@@ -1328,11 +1328,15 @@ static __always_inline void net_sys_exit(s32 nr, long ret, u64 pid_tgid)
 	}
 }
 
+/* Size of a DNS header: a shorter read, such as the two-byte length
+ * that DNS over TCP puts before each message, holds no response. */
+#define DNS_HEADER_LEN 12
+
 /*
  * A UDP socket connected to port 53, or one that sent a query to port 53,
- * read a datagram: copy the response from the caller's buffer, found
- * through the syscall's registers. A separate program, as bpf_task_pt_regs
- * needs Linux 5.15.
+ * read a datagram, or a TCP connection to port 53 read part of its stream:
+ * copy the response from the caller's buffer, found through the syscall's
+ * registers. A separate program, as bpf_task_pt_regs needs Linux 5.15.
  */
 SEC("tp_btf/sock_recv_length")
 int handle_dns_recv_length(u64 *ctx)
@@ -1343,11 +1347,15 @@ int handle_dns_recv_length(u64 *ctx)
 
 	if (!net_events_enabled || ret <= 0 || (u32)(pid_tgid >> 32) == self_tgid)
 		return 0;
-	if (rd(sk->sk_protocol) != IPPROTO_UDP || !is_inet(sk))
+	u16 protocol = rd(sk->sk_protocol);
+	if ((protocol != IPPROTO_UDP && protocol != IPPROTO_TCP) || !is_inet(sk))
 		return 0;
 	struct net_event ev = {};
 	put_endpoints(&ev, sk);
-	if (ev.remote_port == DNS_PORT) {
+	if (protocol == IPPROTO_TCP) {
+		if (ev.remote_port != DNS_PORT || ret < DNS_HEADER_LEN)
+			return 0;
+	} else if (ev.remote_port == DNS_PORT) {
 		ev.flags = NET_FLAG_UDP_CONNECTED;
 	} else if (ev.remote_port == 0) {
 		struct dns_client_key client = { .sk = (u64)sk, .ino = sock_ino(sk) };

@@ -19,6 +19,8 @@ pub mod code_identity;
 mod own_tgid;
 mod wire;
 
+pub use wire::DNS_PAYLOAD_CAP;
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

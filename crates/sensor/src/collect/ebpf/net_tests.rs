@@ -495,3 +495,65 @@ fn io_uring_accept_reported() {
         "the read one, then the one closed unread: {events:#?}"
     );
 }
+
+/// A resolver on TCP port 53 and two clients in a network namespace of the
+/// child's own, so the port is free. The first client reads the two-byte
+/// length and then the message, as most resolvers do; the second reads
+/// both at once.
+#[test]
+fn dns_over_tcp_response_read() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, _) = python(&format!(
+        "{PRELUDE}import ctypes, struct, subprocess, threading
+CLONE_NEWNET = 0x40000000
+assert ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) == 0, ctypes.get_errno()
+subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)
+name = b''.join(bytes([len(l)]) + l for l in b'tcp.picket.test'.split(b'.')) + b'\\0'
+def response(ident):
+    question = name + struct.pack('>HH', 1, 1)
+    answer = b'\\xc0\\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + socket.inet_aton('10.9.8.7')
+    return struct.pack('>HHHHHH', ident, 0x8180, 1, 1, 0, 0) + question + answer
+server = socket.socket(); server.bind(('127.0.0.1', 53)); server.listen()
+def serve():
+    for ident in (0x5301, 0x5302):
+        conn, _ = server.accept()
+        length = struct.unpack('>H', conn.recv(2))[0]
+        conn.recv(length)
+        message = response(ident)
+        conn.sendall(struct.pack('>H', len(message)) + message)
+        conn.close()
+threading.Thread(target=serve).start()
+query = struct.pack('>HHHHHH', 0x5301, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1)
+c = socket.create_connection(('127.0.0.1', 53))
+c.sendall(struct.pack('>H', len(query)) + query)
+length = struct.unpack('>H', c.recv(2, socket.MSG_WAITALL))[0]
+c.recv(length, socket.MSG_WAITALL)
+d = socket.create_connection(('127.0.0.1', 53))
+d.sendall(struct.pack('>H', len(query)) + query)
+time.sleep(0.2)
+d.recv(1024)
+print(json.dumps({{}}))"
+    ));
+
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::DnsResponse) >= 2);
+    let responses: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == KernelAction::DnsResponse)
+        .collect();
+    assert_eq!(responses.len(), 2, "{events:#?}");
+    for response in &responses {
+        assert_eq!(response.proto, Proto::Tcp4);
+        assert_eq!(response.remote.port(), 53);
+    }
+    // The length read alone is skipped; the message read comes whole.
+    let first = crate::dns::parse_response(&responses[0].payload).expect("message");
+    assert_eq!(first.id, 0x5301);
+    // The read of both starts with the length.
+    let both = &responses[1].payload;
+    assert_eq!(
+        usize::from(u16::from_be_bytes([both[0], both[1]])),
+        both.len() - 2
+    );
+    let second = crate::dns::parse_response(&both[2..]).expect("message after the length");
+    assert_eq!(second.id, 0x5302);
+}

@@ -19,7 +19,8 @@ pub const EVENT_FILE: u32 = 4;
 pub const EVENT_NET: u32 = 5;
 pub const EVENT_DNS: u32 = 6;
 const DNS_PAYLOAD_OFFSET: usize = 112;
-const DNS_PAYLOAD_CAP: usize = 512;
+/// Bytes of a DNS response the kernel program copies at most.
+pub const DNS_PAYLOAD_CAP: usize = 512;
 
 const NET_TCP_CONNECT: u32 = 1;
 const NET_TCP_ACCEPT: u32 = 2;
@@ -188,7 +189,7 @@ fn decode_net(r: &Reader<'_>, pid: u32, time_ns: u64) -> Result<KernelNetEvent, 
 
     let kind = r.u32(0);
     let action = match (action, proto.is_tcp()) {
-        (0, false) if kind == EVENT_DNS => KernelAction::DnsResponse,
+        (0, _) if kind == EVENT_DNS => KernelAction::DnsResponse,
         (NET_TCP_CONNECT, true) => KernelAction::TcpConnect,
         (NET_TCP_ACCEPT, true) => KernelAction::TcpAccept,
         (NET_TCP_CLOSE, true) => KernelAction::TcpClose,

@@ -17,6 +17,7 @@
 //!   sends, so the DNS capture can name the process a response is for even
 //!   after its socket closed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -324,6 +325,38 @@ impl Resolver {
 
 /// Builds the `DNS_REQUEST` records of a response a process read, once per
 /// response.
+/// Returns the DNS message in a response report's payload. DNS over TCP
+/// puts a two-byte length before each message. Most clients read it
+/// separately, and the kernel program skips such short reads; a read of
+/// both at once starts with a length that matches the bytes after it (at
+/// least the 510 of them a capped payload keeps).
+///
+/// A TCP message cut at the payload cap gets the TC bit set, so the answers
+/// before the cut are kept. A cut UDP message stays as it is: it fails to
+/// parse and the capture, which has the whole datagram, reports it.
+fn dns_message(event: &KernelNetEvent) -> Cow<'_, [u8]> {
+    let payload = &event.payload[..];
+    if !event.proto.is_tcp() || payload.len() < 2 {
+        return Cow::Borrowed(payload);
+    }
+    let length = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+    let after = payload.len() - 2;
+    let capped = payload.len() >= crate::collect::ebpf::DNS_PAYLOAD_CAP;
+    // NOTE: a message read without its length whose ID happens to equal
+    // its size minus two is taken as framed, and then fails to parse.
+    let (message, cut) = if length == after || (capped && length > after) {
+        (&payload[2..], length > after)
+    } else {
+        (payload, capped)
+    };
+    if !cut || message.len() < 3 {
+        return Cow::Borrowed(message);
+    }
+    let mut message = message.to_vec();
+    message[2] |= 0x02;
+    Cow::Owned(message)
+}
+
 fn dns_response(
     event: &KernelNetEvent,
     process: &ProcessContext,
@@ -331,7 +364,7 @@ fn dns_response(
     hostname: &str,
     stats: &NetStats,
 ) -> Vec<Record> {
-    let message = match dns::parse_response(&event.payload) {
+    let message = match dns::parse_response(&dns_message(event)) {
         Ok(message) => message,
         Err(error) => {
             NetStats::add(&stats.dns_malformed, 1);
@@ -603,5 +636,63 @@ mod tests {
         assert!(record.event.get("CONTAINER").is_none());
         // The atom is still derived from the pid and start time.
         assert_eq!(record.routing.this.as_deref().map(str::len), Some(32));
+    }
+
+    fn dns_event(proto: Proto, payload: Vec<u8>) -> KernelNetEvent {
+        KernelNetEvent {
+            action: KernelAction::DnsResponse,
+            proto,
+            local: "10.0.0.2:40000".parse().unwrap(),
+            remote: "10.0.0.53:53".parse().unwrap(),
+            netns: 1,
+            pid: 1,
+            start_ticks: 1,
+            comm: "client".into(),
+            time_ns: 0,
+            outgoing: false,
+            udp_connected: true,
+            payload,
+        }
+    }
+
+    #[test]
+    fn dns_message_strips_tcp_length_only() {
+        let query = dns::build::query(0x0a0b, "a.picket.test", dns::TYPE_A);
+        let answer = dns::build::AnswerData::Address("10.1.2.3".parse().unwrap());
+        let message = dns::build::response(&query, &[answer]).unwrap();
+        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&message);
+
+        let tcp_framed = dns_event(Proto::Tcp4, framed.clone());
+        assert_eq!(&*dns_message(&tcp_framed), &message[..]);
+        let tcp_bare = dns_event(Proto::Tcp4, message.clone());
+        assert_eq!(&*dns_message(&tcp_bare), &message[..]);
+        // A UDP payload is a message as it is.
+        let udp = dns_event(Proto::Udp4, framed.clone());
+        assert_eq!(&*dns_message(&udp), &framed[..]);
+    }
+
+    /// A TCP response longer than the payload cap: the answers before the
+    /// cut are reported.
+    #[test]
+    fn cut_tcp_dns_message_keeps_its_first_answers() {
+        let query = dns::build::query(0x0c0d, "many.picket.test", dns::TYPE_A);
+        let answers: Vec<_> = (0..60u8)
+            .map(|i| dns::build::AnswerData::Address(std::net::IpAddr::from([10, 0, 0, i])))
+            .collect();
+        let message = dns::build::response(&query, &answers).unwrap();
+        let cap = crate::collect::ebpf::DNS_PAYLOAD_CAP;
+        assert!(message.len() > cap, "{} bytes", message.len());
+        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&message);
+        framed.truncate(cap);
+
+        let cut = dns_event(Proto::Tcp4, framed);
+        let parsed = dns::parse_response(&dns_message(&cut)).expect("cut message parses");
+        assert!(parsed.truncated());
+        assert!(!parsed.answers.is_empty() && parsed.answers.len() < 60);
+        // The same cut over UDP is left to the capture.
+        let udp = dns_event(Proto::Udp4, message[..cap].to_vec());
+        assert!(dns::parse_response(&dns_message(&udp)).is_err());
     }
 }
