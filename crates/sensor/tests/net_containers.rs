@@ -214,6 +214,13 @@ fn scenario(tier: Tier) {
     let server_ip = scenario.ip(&server);
     std::thread::sleep(Duration::from_millis(500));
     let server_pids = scenario.pids(&server);
+    let resolver_netns = {
+        use std::os::unix::fs::MetadataExt;
+        let pid = scenario.pids(&resolver)[0];
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .expect("resolver's namespace")
+            .ino()
+    };
 
     let sensor_env: &[(&str, &str)] = match tier {
         Tier::Polling => &[],
@@ -331,7 +338,15 @@ fn scenario(tier: Tier) {
     assert_eq!(udp_server["event"]["PROCESS_ID"].as_u64(), Some(server_pid));
 
     // DNS answers, in the client's namespace and attributed to its process.
-    let dns = of_type(records, "DNS_REQUEST");
+    // Lookups of other workloads on the host are left out.
+    let client_netns = outgoing["event"]["NETWORK_NAMESPACE"].as_u64();
+    let dns: Vec<_> = of_type(records, "DNS_REQUEST")
+        .into_iter()
+        .filter(|r| {
+            let netns = r["event"]["NETWORK_NAMESPACE"].as_u64();
+            netns == client_netns || netns == Some(resolver_netns)
+        })
+        .collect();
     let web = dns
         .iter()
         .find(|r| r["event"]["MESSAGE_ID"] == WEB_MESSAGE_ID)
@@ -402,8 +417,10 @@ fn scenario(tier: Tier) {
             output.stats
         );
         // Both lookups were read from the client's buffer by the hooks, and
-        // the capture's copies were dropped as already reported.
-        assert_eq!(output.stats["dns_kernel_responses"], 2, "{}", output.stats);
-        assert_eq!(output.stats["dns_read_by_kernel"], 2, "{}", output.stats);
+        // the capture's copies were dropped as already reported. Other
+        // workloads' lookups may add to these host-wide counters.
+        let counter = |name: &str| output.stats[name].as_u64().unwrap_or(0);
+        assert!(counter("dns_kernel_responses") >= 2, "{}", output.stats);
+        assert!(counter("dns_read_by_kernel") >= 2, "{}", output.stats);
     }
 }
