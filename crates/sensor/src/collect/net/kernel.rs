@@ -100,6 +100,11 @@ const DNS_KEPT: Duration = Duration::from_secs(5);
 const MAX_DNS_RESPONSES: usize = 65536;
 /// Maximum TCP flows kept; past it closed flows are dropped first.
 const MAX_TCP_FLOWS: usize = 262_144;
+/// How long a flow the poller reported first waits for a late kernel
+/// report, which then gives no second record.
+/// NOTE: a kernel report later than this (an io_uring-accepted connection
+/// idle for longer before its first read) gives a second `NEW_*` record.
+const POLLED_KEPT: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 struct Tables {
@@ -109,6 +114,9 @@ struct Tables {
     /// DNS responses the kernel reported, by (namespace, client port,
     /// message id), with when.
     dns: HashMap<(u64, u16, u16), Instant>,
+    /// TCP flows the poller reported because no kernel report came within
+    /// two passes, with when.
+    polled: HashMap<(u64, FlowKey), Instant>,
 }
 
 /// Tables shared between the kernel report thread, the poller and the DNS
@@ -163,12 +171,27 @@ impl KernelFlows {
             .is_none()
     }
 
-    pub(crate) fn open_tcp(&self, netns: u64, key: FlowKey) {
+    /// Records a TCP flow the kernel reported open. Returns false when the
+    /// poller reported it first, so no second record is due: an accept
+    /// delayed behind a full backlog, or one reported at the first read of
+    /// a connection io_uring accepted.
+    pub(crate) fn open_tcp(&self, netns: u64, key: FlowKey) -> bool {
         let mut tables = self.lock();
         if tables.tcp.len() >= MAX_TCP_FLOWS {
             tables.tcp.retain(|_, closed| closed.is_none());
         }
         tables.tcp.insert((netns, key), None);
+        tables.polled.remove(&(netns, key)).is_none()
+    }
+
+    /// Records a TCP flow the poller reported itself, because the kernel
+    /// had not reported it.
+    pub(crate) fn note_polled(&self, netns: u64, key: FlowKey) {
+        let mut tables = self.lock();
+        if tables.polled.len() >= MAX_TCP_FLOWS {
+            tables.polled.clear();
+        }
+        tables.polled.insert((netns, key), Instant::now());
     }
 
     pub(crate) fn close_tcp(&self, netns: u64, key: FlowKey) {
@@ -197,6 +220,7 @@ impl KernelFlows {
             .udp_owners
             .retain(|_, (_, at)| at.elapsed() < UDP_OWNER_KEPT);
         tables.dns.retain(|_, at| at.elapsed() < DNS_KEPT);
+        tables.polled.retain(|_, at| at.elapsed() < POLLED_KEPT);
     }
 }
 
@@ -327,9 +351,9 @@ impl Resolver {
 /// response.
 /// Returns the DNS message in a response report's payload. DNS over TCP
 /// puts a two-byte length before each message. Most clients read it
-/// separately, and the kernel program skips such short reads; a read of
-/// both at once starts with a length that matches the bytes after it (at
-/// least the 510 of them a capped payload keeps).
+/// separately, and the kernel program skips such short reads. A read of
+/// both at once starts with a length that matches the bytes after it, or
+/// exceeds them when the payload was capped.
 ///
 /// A TCP message cut at the payload cap gets the TC bit set, so the answers
 /// before the cut are kept. A cut UDP message stays as it is: it fails to
@@ -456,7 +480,10 @@ fn handle(
     };
     let (event_type, outgoing, state) = match event.action {
         KernelAction::TcpConnect | KernelAction::TcpAccept => {
-            flows.open_tcp(event.netns, key);
+            if !flows.open_tcp(event.netns, key) {
+                NetStats::add(&stats.kernel_reports_after_poll, 1);
+                return Vec::new();
+            }
             NetStats::add(&stats.connections_new, 1);
             (
                 record::new_event_type(event.proto),
@@ -690,9 +717,52 @@ mod tests {
         let cut = dns_event(Proto::Tcp4, framed);
         let parsed = dns::parse_response(&dns_message(&cut)).expect("cut message parses");
         assert!(parsed.truncated());
-        assert!(!parsed.answers.is_empty() && parsed.answers.len() < 60);
+        assert!(!parsed.answers.is_empty());
+        assert!(
+            parsed.answers.len() < 60,
+            "{} answers",
+            parsed.answers.len()
+        );
         // The same cut over UDP is left to the capture.
         let udp = dns_event(Proto::Udp4, message[..cap].to_vec());
         assert!(dns::parse_response(&dns_message(&udp)).is_err());
+    }
+
+    /// A kernel report of a TCP open the poller already reported gives no
+    /// second record.
+    #[test]
+    fn late_open_after_poll_gives_no_record() {
+        let flows = KernelFlows::default();
+        let stats = NetStats::default();
+        let process = ProcessContext {
+            pid: 42,
+            start_ticks: 777,
+            comm: "server".into(),
+            atom: "a".repeat(32),
+            container: None,
+        };
+        let mut accept = connect_report();
+        accept.action = KernelAction::TcpAccept;
+        let key = FlowKey {
+            proto: accept.proto,
+            local: accept.local,
+            remote: accept.remote,
+        };
+
+        flows.note_polled(accept.netns, key);
+        let late = handle(&accept, process.clone(), &flows, "host", &stats);
+        assert!(late.is_empty(), "{late:#?}");
+        assert!(flows.tcp_open(accept.netns, &key));
+        assert_eq!(
+            stats
+                .kernel_reports_after_poll
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // The next open of the same endpoints is a new connection.
+        let again = handle(&accept, process, &flows, "host", &stats);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].routing.event_type, "NEW_TCP4_CONNECTION");
     }
 }

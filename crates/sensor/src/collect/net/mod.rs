@@ -142,6 +142,9 @@ pub struct NetStats {
     pub records_undelivered: AtomicU64,
     /// Reports received from the eBPF tier's network programs.
     pub kernel_events: AtomicU64,
+    /// TCP opens the kernel reported after the poller had reported them;
+    /// no second record is sent.
+    pub kernel_reports_after_poll: AtomicU64,
     /// DNS responses the capture held back to see whether the kernel
     /// reports them.
     pub dns_deferred: AtomicU64,
@@ -186,6 +189,10 @@ impl NetStats {
             ("dns_answers", load(&self.dns_answers)),
             ("records_undelivered", load(&self.records_undelivered)),
             ("kernel_events", load(&self.kernel_events)),
+            (
+                "kernel_reports_after_poll",
+                load(&self.kernel_reports_after_poll),
+            ),
             ("dns_deferred", load(&self.dns_deferred)),
             ("dns_read_by_kernel", load(&self.dns_read_by_kernel)),
             ("dns_unsolicited", load(&self.dns_unsolicited)),

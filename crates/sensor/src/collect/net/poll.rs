@@ -388,7 +388,17 @@ impl Poller {
             .copied()
             .collect();
         for key in closed {
-            let flow = state.tcp.remove(&key).expect("key taken from the map");
+            let mut flow = state.tcp.remove(&key).expect("key taken from the map");
+            // The kernel may have reported a flow the poller announced
+            // since the last pass.
+            if flow.announced
+                && self
+                    .kernel
+                    .as_ref()
+                    .is_some_and(|k| k.has_tcp(netns.inode, &key))
+            {
+                flow.by_kernel = true;
+            }
             if flow.by_kernel {
                 self.vanished.push(Vanished {
                     netns: netns.inode,
@@ -462,6 +472,11 @@ impl Poller {
         let first_pass = self.first_pass;
         let mut announce = |key: &FlowKey, flow: &mut Flow, stats: &NetStats| {
             if flow.announced {
+                // A kernel report that came after the poller's: the kernel
+                // now reports the close.
+                if !flow.by_kernel && kernel.is_some_and(|k| k.has_tcp(netns.inode, key)) {
+                    flow.by_kernel = true;
+                }
                 return;
             }
             if let Some(kernel) = kernel {
@@ -482,6 +497,11 @@ impl Poller {
                 NetStats::add(&stats.connections_unowned, 1);
             }
             flow.announced = true;
+            if let Some(kernel) = kernel {
+                if key.proto.is_tcp() && !first_pass {
+                    kernel.note_polled(netns.inode, *key);
+                }
+            }
             NetStats::add(&stats.connections_new, 1);
             let connection = connection_of(key, flow, netns.inode);
             records.push(connection.record(
@@ -887,5 +907,70 @@ mod tests {
             ],
             "server side first, then client side"
         );
+    }
+
+    /// A connection the kernel reported late (after two passes): the poller
+    /// reported it, the kernel's open gives no second record, and the
+    /// kernel's close is the only `TERMINATE_*`.
+    #[test]
+    fn late_kernel_report_gives_no_duplicates() {
+        use std::os::unix::fs::MetadataExt;
+
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let flows = Arc::new(KernelFlows::default());
+        let config = NetConfig {
+            hostname: "test-host".into(),
+            ..NetConfig::default()
+        };
+        let mut poller = Poller::new(
+            config,
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            Arc::new(NetStats::default()),
+            None,
+            Some(flows.clone()),
+        );
+        poller.poll_once();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let port = client.local_addr().unwrap().port();
+        let keys: Vec<FlowKey> = [&client, &server]
+            .iter()
+            .map(|stream| FlowKey {
+                proto: Proto::Tcp4,
+                local: stream.local_addr().unwrap(),
+                remote: stream.peer_addr().unwrap(),
+            })
+            .collect();
+        let ours = |records: &[Record]| -> Vec<String> {
+            records
+                .iter()
+                .filter(|r| {
+                    r.event["SOURCE"]["PORT"] == port || r.event["DESTINATION"]["PORT"] == port
+                })
+                .map(|r| r.routing.event_type.clone())
+                .collect()
+        };
+
+        // No kernel report in two passes: the poller reports both sides.
+        let mut announced = ours(&poller.poll_once());
+        announced.extend(ours(&poller.poll_once()));
+        assert_eq!(announced, vec!["NEW_TCP4_CONNECTION"; 2]);
+
+        // The kernel's late opens give no record, and its closes end both.
+        for key in &keys {
+            assert!(!flows.open_tcp(netns, *key), "late open of {key:?}");
+        }
+        assert!(ours(&poller.poll_once()).is_empty());
+        drop((client, server));
+        for key in &keys {
+            flows.close_tcp(netns, *key);
+        }
+        let mut after_close = ours(&poller.poll_once());
+        std::thread::sleep(CLOSE_GRACE);
+        after_close.extend(ours(&poller.poll_once()));
+        assert!(after_close.is_empty(), "{after_close:?}");
     }
 }
