@@ -1102,11 +1102,13 @@ int handle_inet_sock_set_state(u64 *ctx)
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		return 0;
 	}
-	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV &&
+	    !(owner && (owner->flags & OWNER_OUTGOING))) {
 		/* A passive open ends in softirq context, so the owner is the
 		 * process that accepts it. */
-		struct sock_owner owner = {};
-		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+		struct sock_owner passive = {};
+		bpf_map_update_elem(&sock_owners, &key, &passive, BPF_ANY);
 		return 0;
 	}
 
@@ -1123,11 +1125,15 @@ int handle_inet_sock_set_state(u64 *ctx)
 		return 0;
 	}
 
-	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
 	if (!owner)
 		return 0;
 	u32 action = 0;
-	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT && (owner->flags & OWNER_OUTGOING)) {
+	/* A connecting socket that received a SYN instead of a SYN-ACK (a
+	 * simultaneous open, or a server answering with a bare SYN) passes
+	 * through SYN_RECV, and stays the connecting process's. */
+	int handshake_done = oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV;
+	if (newstate == TCP_ESTABLISHED && handshake_done && (owner->flags & OWNER_OUTGOING) &&
+	    !(owner->flags & OWNER_REPORTED)) {
 		owner->flags |= OWNER_REPORTED;
 		action = NET_TCP_CONNECT;
 	} else if (newstate == TCP_CLOSE) {

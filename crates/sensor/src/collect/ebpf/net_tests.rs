@@ -557,3 +557,34 @@ print(json.dumps({{}}))"
     let second = crate::dns::parse_response(&both[2..]).expect("message after the length");
     assert_eq!(second.id, 0x5302);
 }
+
+/// A socket connected to its own address opens simultaneously: its SYN
+/// reaches itself in SYN_SENT, and it passes through SYN_RECV. It is
+/// still one outgoing connection, never an accepted one.
+#[test]
+fn simultaneous_open_reported_as_outgoing() {
+    let Some(tier) = start_tier() else { return };
+    let (pid, ports) = python(&format!(
+        "{PRELUDE}
+s = socket.socket(); s.bind(('127.0.0.1', 0))
+s.connect(s.getsockname())
+s.sendall(b'x'); s.recv(1)
+out = {{'self': s.getsockname()}}
+s.close()
+print(json.dumps(out))"
+    ));
+    let address = addr(&ports["self"]);
+
+    let events = reports_of(&tier, pid, |e| count(e, KernelAction::TcpClose) > 0);
+    let ours: Vec<_> = events
+        .iter()
+        .filter(|e| e.local == address)
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        ours,
+        vec![KernelAction::TcpConnect, KernelAction::TcpClose],
+        "{events:#?}"
+    );
+    assert!(events.iter().all(|e| e.remote == address), "{events:#?}");
+}
