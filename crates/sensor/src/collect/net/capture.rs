@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use picket_event::{types, Record};
 
 use super::discover::Discovery;
-use super::kernel::KernelFlows;
+use super::kernel::{self, KernelFlows};
 use super::procfs;
 use super::record::{self, Attributor};
 use super::sys::{self, FilterInstruction};
@@ -353,6 +353,8 @@ struct Response {
     netns: u64,
     destination: SocketAddr,
     message: dns::Message,
+    /// [`kernel::dns_digest`] of the datagram's payload.
+    digest: u64,
     captured: std::time::Instant,
     /// Until when it may wait for its process.
     deadline: std::time::Instant,
@@ -488,6 +490,7 @@ impl Reader {
             netns,
             destination: datagram.destination,
             message,
+            digest: kernel::dns_digest(datagram.payload),
             captured,
             deadline: captured + KERNEL_REPORT_WAIT,
         };
@@ -522,7 +525,8 @@ impl Reader {
                 continue;
             }
             let port = response.destination.port();
-            if kernel.dns_reported(response.netns, port, response.message.id) {
+            let id = response.message.id;
+            if kernel.dns_reported(response.netns, port, id, response.digest) {
                 NetStats::add(&self.stats.dns_read_by_kernel, 1);
                 continue;
             }
@@ -827,6 +831,7 @@ mod tests {
             netns,
             destination,
             message: dns::parse_response(&payload).unwrap(),
+            digest: kernel::dns_digest(&payload),
             captured,
             deadline: captured,
         }

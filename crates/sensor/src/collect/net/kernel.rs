@@ -112,8 +112,8 @@ struct Tables {
     tcp: HashMap<(u64, FlowKey), Option<Instant>>,
     udp_owners: HashMap<(u64, u16), (ProcessContext, Instant)>,
     /// DNS responses the kernel reported, by (namespace, client port,
-    /// message id), with when.
-    dns: HashMap<(u64, u16, u16), Instant>,
+    /// message id, [`dns_digest`]), with when.
+    dns: HashMap<(u64, u16, u16, u64), Instant>,
     /// TCP flows the poller reported because no kernel report came within
     /// two passes, with when.
     polled: HashMap<(u64, FlowKey), Instant>,
@@ -153,22 +153,29 @@ impl KernelFlows {
     }
 
     /// Returns true when the kernel reported this DNS response as read by a
-    /// process in the last [`DNS_KEPT`].
-    pub(crate) fn dns_reported(&self, netns: u64, port: u16, id: u16) -> bool {
-        self.lock().dns.contains_key(&(netns, port, id))
+    /// process in the last [`DNS_KEPT`]. `digest` is the response's
+    /// [`dns_digest`].
+    pub(crate) fn dns_reported(&self, netns: u64, port: u16, id: u16, digest: u64) -> bool {
+        self.lock().dns.contains_key(&(netns, port, id, digest))
     }
 
-    /// Records a DNS response read by a process; false when it was already
-    /// recorded (read twice, or peeked first).
-    fn note_dns(&self, netns: u64, port: u16, id: u16) -> bool {
+    /// Records a DNS response read by a process; false when the same
+    /// response was already recorded (read twice, or peeked first). Other
+    /// responses with the same message ID, as a client that reuses its ID
+    /// gets, are new ones. A repeated read does not extend the entry's
+    /// time.
+    fn note_dns(&self, netns: u64, port: u16, id: u16, digest: u64) -> bool {
         let mut tables = self.lock();
         if tables.dns.len() >= MAX_DNS_RESPONSES {
             tables.dns.clear();
         }
-        tables
-            .dns
-            .insert((netns, port, id), Instant::now())
-            .is_none()
+        match tables.dns.entry((netns, port, id, digest)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Instant::now());
+                true
+            }
+        }
     }
 
     /// Records a TCP flow the kernel reported open. Returns false when the
@@ -381,6 +388,17 @@ fn dns_message(event: &KernelNetEvent) -> Cow<'_, [u8]> {
     Cow::Owned(message)
 }
 
+/// Returns a digest of the first bytes of a DNS message (as many as the
+/// kernel program copies), the same for the kernel's copy and the
+/// capture's, so the two copies of one response match.
+pub(crate) fn dns_digest(message: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let end = message.len().min(crate::collect::ebpf::DNS_PAYLOAD_CAP);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    message[..end].hash(&mut hasher);
+    hasher.finish()
+}
+
 fn dns_response(
     event: &KernelNetEvent,
     process: &ProcessContext,
@@ -388,7 +406,8 @@ fn dns_response(
     hostname: &str,
     stats: &NetStats,
 ) -> Vec<Record> {
-    let message = match dns::parse_response(&dns_message(event)) {
+    let bytes = dns_message(event);
+    let message = match dns::parse_response(&bytes) {
         Ok(message) => message,
         Err(error) => {
             NetStats::add(&stats.dns_malformed, 1);
@@ -396,7 +415,8 @@ fn dns_response(
             return Vec::new();
         }
     };
-    if !flows.note_dns(event.netns, event.local.port(), message.id) {
+    let digest = dns_digest(&bytes);
+    if !flows.note_dns(event.netns, event.local.port(), message.id, digest) {
         return Vec::new();
     }
     NetStats::add(&stats.dns_kernel_responses, 1);
@@ -764,5 +784,59 @@ mod tests {
         let again = handle(&accept, process, &flows, "host", &stats);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].routing.event_type, "NEW_TCP4_CONNECTION");
+    }
+
+    /// Responses with one message ID on one socket are each reported when
+    /// their content differs; a second read of the same one is not.
+    #[test]
+    fn reused_message_id_reported_per_response() {
+        let flows = KernelFlows::default();
+        let stats = NetStats::default();
+        let process = ProcessContext {
+            pid: 42,
+            start_ticks: 777,
+            comm: "client".into(),
+            atom: "a".repeat(32),
+            container: None,
+        };
+        let response = |name: &str| {
+            let query = dns::build::query(0x4242, name, dns::TYPE_A);
+            let answer = dns::build::AnswerData::Address("10.1.2.3".parse().unwrap());
+            dns_event(
+                Proto::Udp4,
+                dns::build::response(&query, &[answer]).unwrap(),
+            )
+        };
+        let names = |records: Vec<Record>| -> Vec<String> {
+            records
+                .iter()
+                .map(|r| r.event["DOMAIN_NAME"].as_str().unwrap().to_owned())
+                .collect()
+        };
+
+        let first = handle(
+            &response("benign.picket.test"),
+            process.clone(),
+            &flows,
+            "host",
+            &stats,
+        );
+        assert_eq!(names(first), ["benign.picket.test"]);
+        let again = handle(
+            &response("benign.picket.test"),
+            process.clone(),
+            &flows,
+            "host",
+            &stats,
+        );
+        assert!(again.is_empty(), "the same response read twice");
+        let hidden = handle(
+            &response("hidden.picket.test"),
+            process,
+            &flows,
+            "host",
+            &stats,
+        );
+        assert_eq!(names(hidden), ["hidden.picket.test"]);
     }
 }
