@@ -1272,6 +1272,10 @@ static __always_inline void on_socket_io(struct sock *sk, int ret, int sending)
 		report_udp_peer(&ev, action, sk);
 		return;
 	}
+	/* TODO: a receive that returns no address (recv(2), read(2),
+	 * io_uring) leaves the peer unknown, and nothing is reported. The
+	 * datagram's headers would give it, but the tracepoints that see
+	 * the datagram here are not hit by udp_recvmsg's linear copy. */
 	if (io && !sending) {
 		/* The peer address reaches user memory only after this point. */
 		io->sk = (u64)sk;
