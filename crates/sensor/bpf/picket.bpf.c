@@ -1274,8 +1274,10 @@ static __always_inline void on_socket_io(struct sock *sk, int ret, int sending)
 	}
 	/* TODO: a receive that returns no address (recv(2), read(2),
 	 * io_uring) leaves the peer unknown, and nothing is reported. The
-	 * datagram's headers would give it, but the tracepoints that see
-	 * the datagram here are not hit by udp_recvmsg's linear copy. */
+	 * datagram's headers would give it, but udp_recvmsg copies a linear
+	 * datagram without the skb_copy_datagram_iovec tracepoint, and an
+	 * fentry program on skb_consume_udp is refused (EPERM) on kernels
+	 * without BPF trampolines, such as the 6.18 test machine. */
 	if (io && !sending) {
 		/* The peer address reaches user memory only after this point. */
 		io->sk = (u64)sk;
