@@ -95,25 +95,90 @@ impl Attributor {
         }
     }
 
-    /// Returns the container of a namespace when every process in `pids` agrees on
-    /// it; `None` when they disagree or are host processes. A namespace maps
-    /// to a pod rather than a container under Kubernetes, so this is only a
-    /// fallback for records whose process is unknown.
+    /// Returns the container of a namespace for records whose process is
+    /// unknown; see [`shared_container`].
     pub fn namespace_container(&mut self, pids: &[u32]) -> Option<Value> {
-        let mut agreed: Option<Option<Value>> = None;
-        for &pid in pids {
-            let Some(context) = self.context(pid) else {
-                continue;
-            };
-            let id = context.container.as_ref().map(container_id);
-            match &agreed {
-                None => agreed = Some(context.container),
-                Some(previous) if previous.as_ref().map(container_id) == id => {}
-                Some(_) => return None,
-            }
-        }
-        agreed.flatten()
+        let contexts: Vec<ProcessContext> =
+            pids.iter().filter_map(|&pid| self.context(pid)).collect();
+        shared_container(&contexts)
     }
+}
+
+/// Returns the container that every process of a namespace belongs to.
+/// `None` when they disagree or are host processes.
+///
+/// A Kubernetes pod's namespace also holds its sandbox ("pause") container,
+/// which is left out, so a pod with one workload container gives that
+/// container. A pod with several gives an object with the pod's fields
+/// only (`POD_NAME`, `POD_NAMESPACE`, `POD_UID`), without a container ID.
+pub(crate) fn shared_container(contexts: &[ProcessContext]) -> Option<Value> {
+    if let Some(container) = agreed_container(contexts.iter()) {
+        return Some(container);
+    }
+    let workload = contexts.iter().filter(|context| !is_pod_sandbox(context));
+    if let Some(container) = agreed_container(workload) {
+        return Some(container);
+    }
+    let pod_uid = |context: &ProcessContext| {
+        context
+            .container
+            .as_ref()
+            .and_then(|c| c.get(types::container::POD_UID))
+            .cloned()
+    };
+    let first = pod_uid(contexts.first()?)?;
+    if !contexts
+        .iter()
+        .all(|context| pod_uid(context) == Some(first.clone()))
+    {
+        return None;
+    }
+    let container = contexts[0].container.as_ref()?;
+    let mut pod = serde_json::Map::new();
+    for key in [
+        types::container::POD_NAME,
+        types::container::POD_NAMESPACE,
+        types::container::POD_UID,
+    ] {
+        if let Some(value) = container.get(key) {
+            pod.insert(key.to_owned(), value.clone());
+        }
+    }
+    Some(Value::Object(pod))
+}
+
+/// Returns whether a process is a pod's sandbox: the `pause` program, or a
+/// pod's container with no Kubernetes container name (CRI runtimes give a
+/// sandbox none) or the name `POD` (the kubelet's Docker runtime).
+fn is_pod_sandbox(context: &ProcessContext) -> bool {
+    if context.comm == "pause" {
+        return true;
+    }
+    let Some(container) = &context.container else {
+        return false;
+    };
+    if container.get(types::container::POD_UID).is_none() {
+        return false;
+    }
+    match container.get(types::container::K8S_CONTAINER_NAME) {
+        None => true,
+        Some(name) => name == "POD",
+    }
+}
+
+/// Returns the container all of `contexts` share, if there is at least one
+/// and they agree (all in one container, or all on the host: `None`).
+fn agreed_container<'a>(contexts: impl Iterator<Item = &'a ProcessContext>) -> Option<Value> {
+    let mut agreed: Option<&Option<Value>> = None;
+    for context in contexts {
+        let id = context.container.as_ref().map(container_id);
+        match agreed {
+            None => agreed = Some(&context.container),
+            Some(previous) if previous.as_ref().map(container_id) == id => {}
+            Some(_) => return None,
+        }
+    }
+    agreed.cloned().flatten()
 }
 
 fn container_id(container: &Value) -> Value {
@@ -252,5 +317,88 @@ pub(crate) fn terminate_event_type(proto: Proto) -> Option<&'static str> {
         Proto::Tcp4 => Some(types::TERMINATE_TCP4_CONNECTION),
         Proto::Tcp6 => Some(types::TERMINATE_TCP6_CONNECTION),
         Proto::Udp4 | Proto::Udp6 => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(comm: &str, container: Option<Value>) -> ProcessContext {
+        ProcessContext {
+            pid: 1,
+            start_ticks: 1,
+            comm: comm.into(),
+            atom: "a".repeat(32),
+            container,
+        }
+    }
+
+    fn in_pod(id: &str, pod_uid: &str) -> Option<Value> {
+        Some(json!({
+            "ID": id,
+            "K8S_CONTAINER_NAME": id,
+            "POD_NAME": format!("pod-{pod_uid}"),
+            "POD_NAMESPACE": "shop",
+            "POD_UID": pod_uid,
+        }))
+    }
+
+    #[test]
+    fn shared_container_of_one_container() {
+        let web = in_pod("web", "u1");
+        let contexts = [process("nginx", web.clone()), process("sh", web.clone())];
+        assert_eq!(shared_container(&contexts), web);
+    }
+
+    #[test]
+    fn shared_container_skips_pod_sandbox() {
+        let contexts = [
+            process("pause", in_pod("sandbox", "u1")),
+            process("nginx", in_pod("web", "u1")),
+        ];
+        assert_eq!(shared_container(&contexts), in_pod("web", "u1"));
+        // The kubelet's Docker runtime names the sandbox POD; CRI runtimes
+        // give it no container name. Its program need not be pause.
+        let docker_sandbox = json!({ "ID": "s", "K8S_CONTAINER_NAME": "POD", "POD_UID": "u1" });
+        let cri_sandbox = json!({ "ID": "s", "POD_UID": "u1" });
+        for sandbox in [docker_sandbox, cri_sandbox] {
+            let contexts = [
+                process("sleep", Some(sandbox)),
+                process("nginx", in_pod("web", "u1")),
+            ];
+            assert_eq!(shared_container(&contexts), in_pod("web", "u1"));
+        }
+    }
+
+    #[test]
+    fn shared_container_of_pod_with_two_workloads() {
+        let contexts = [
+            process("pause", in_pod("sandbox", "u1")),
+            process("nginx", in_pod("web", "u1")),
+            process("envoy", in_pod("proxy", "u1")),
+        ];
+        let pod = shared_container(&contexts).expect("pod fields");
+        assert_eq!(pod.get("ID"), None);
+        assert_eq!(pod["POD_NAME"], "pod-u1");
+        assert_eq!(pod["POD_NAMESPACE"], "shop");
+        assert_eq!(pod["POD_UID"], "u1");
+    }
+
+    #[test]
+    fn shared_container_none_when_unrelated() {
+        let two_pods = [
+            process("nginx", in_pod("web", "u1")),
+            process("redis", in_pod("db", "u2")),
+        ];
+        assert_eq!(shared_container(&two_pods), None);
+        let container_and_host = [
+            process("nginx", Some(json!({ "ID": "web" }))),
+            process("sshd", None),
+        ];
+        assert_eq!(shared_container(&container_and_host), None);
+        let host = [process("sshd", None)];
+        assert_eq!(shared_container(&host), None);
+        assert_eq!(shared_container(&[]), None);
     }
 }
