@@ -107,7 +107,7 @@ impl Attributor {
 /// Returns the container that every process of a namespace belongs to.
 /// `None` when they disagree or are host processes.
 ///
-/// A Kubernetes pod's namespace also holds its sandbox ("pause") container,
+/// A Kubernetes pod's namespace also contains its sandbox ("pause") container,
 /// which is left out, so a pod with one workload container gives that
 /// container. A pod with several gives an object with the pod's fields
 /// only (`POD_NAME`, `POD_NAMESPACE`, `POD_UID`), without a container ID.
