@@ -124,6 +124,9 @@ pub struct NetStats {
     /// Connections reported without a process because no fd referred to
     /// their socket.
     pub connections_unowned: AtomicU64,
+    /// Scans of every process's descriptors for sockets whose process left
+    /// their namespace.
+    pub host_owner_scans: AtomicU64,
     pub capture_sockets: AtomicU64,
     pub capture_open_failed: AtomicU64,
     pub packets_captured: AtomicU64,
@@ -178,6 +181,7 @@ impl NetStats {
             ("connections_new", load(&self.connections_new)),
             ("connections_terminated", load(&self.connections_terminated)),
             ("connections_unowned", load(&self.connections_unowned)),
+            ("host_owner_scans", load(&self.host_owner_scans)),
             ("capture_sockets", load(&self.capture_sockets)),
             ("capture_open_failed", load(&self.capture_open_failed)),
             ("packets_captured", load(&self.packets_captured)),

@@ -106,7 +106,14 @@ pub struct Poller {
     /// Flows the kernel reported that left the socket tables, waiting to
     /// see whether the kernel reports their close too.
     vanished: Vec<Vanished>,
+    /// Socket owners of every process on the host, by socket inode, and
+    /// when they were read; see [`Poller::host_socket_owner`].
+    host_owners: Option<(Instant, HashMap<u64, u32>)>,
 }
+
+/// Minimum time between two scans of every process's descriptors, which
+/// find a socket whose process left its namespace.
+const HOST_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A kernel-reported flow gone from the socket tables.
 struct Vanished {
@@ -141,6 +148,7 @@ impl Poller {
             capture,
             namespaces: HashMap::new(),
             last_summary: Instant::now(),
+            host_owners: None,
             diag_warned: false,
             kernel,
             first_pass: true,
@@ -530,12 +538,45 @@ impl Poller {
         }
         let owners = procfs::socket_owners(&self.proc_root, pids);
         for flow in state.tcp.values_mut().chain(state.udp.values_mut()) {
-            if needs_owner(flow) {
-                if let Some(&pid) = owners.get(&flow.inode) {
-                    flow.owner = self.attributor.context(pid);
-                }
+            if !needs_owner(flow) {
+                continue;
+            }
+            let mut owner = owners.get(&flow.inode).copied();
+            // About to be reported without a process: the socket may be
+            // held by a process that left the namespace (unshare -n, setns).
+            if owner.is_none() && flow.unowned_passes >= OWNER_WAIT_PASSES {
+                owner = self.host_socket_owner(flow.inode);
+            }
+            if let Some(pid) = owner {
+                flow.owner = self.attributor.context(pid);
             }
         }
+    }
+
+    /// Finds the process holding socket `inode` among every process on the
+    /// host. The scan reads every descriptor, so it runs at most once per
+    /// [`HOST_SCAN_INTERVAL`]. A socket opened since the last scan is not
+    /// found until the next one.
+    fn host_socket_owner(&mut self, inode: u64) -> Option<u32> {
+        let stale = self
+            .host_owners
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= HOST_SCAN_INTERVAL);
+        if stale {
+            let pids: Vec<u32> = std::fs::read_dir(&self.proc_root)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let owners = procfs::socket_owners(&self.proc_root, &pids);
+            NetStats::add(&self.stats.host_owner_scans, 1);
+            self.host_owners = Some((Instant::now(), owners));
+        }
+        let (_, owners) = self.host_owners.as_ref()?;
+        owners.get(&inode).copied()
     }
 
     /// Emits the records of a closed TCP flow: its `NEW_*` first when it was
@@ -972,5 +1013,82 @@ mod tests {
         std::thread::sleep(CLOSE_GRACE);
         after_close.extend(ours(&poller.poll_once()));
         assert!(after_close.is_empty(), "{after_close:?}");
+    }
+
+    /// A process that opened its connection in a namespace and went back to
+    /// the host's (setns) still owns it; only a scan of every process finds
+    /// it, as the namespace's own process (a `sleep`) has no socket.
+    #[test]
+    fn owner_outside_namespace_found() {
+        let script = r#"
+import ctypes, json, os, socket, subprocess, time
+CLONE_NEWNET = 0x40000000
+libc = ctypes.CDLL(None, use_errno=True)
+host = os.open('/proc/self/ns/net', os.O_RDONLY)
+assert libc.unshare(CLONE_NEWNET) == 0, ctypes.get_errno()
+subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)
+keeper = subprocess.Popen(['sleep', '30'])
+listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen()
+client = socket.create_connection(listener.getsockname())
+server, _ = listener.accept()
+assert libc.setns(host, CLONE_NEWNET) == 0, ctypes.get_errno()
+print(json.dumps({'keeper': keeper.pid, 'port': listener.getsockname()[1]}), flush=True)
+time.sleep(30)
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let out: serde_json::Value = serde_json::from_str(&line).expect("child's ports");
+        let port = out["port"].as_u64().unwrap();
+        let keeper = out["keeper"].as_u64().unwrap() as i32;
+        let config = NetConfig {
+            hostname: "test-host".into(),
+            ..NetConfig::default()
+        };
+        let stats = Arc::new(NetStats::default());
+        let mut poller = Poller::new(
+            config,
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            stats.clone(),
+            None,
+            None,
+        );
+
+        let mut records = Vec::new();
+        for _ in 0..5 {
+            records.extend(poller.poll_once());
+        }
+        // SAFETY: kill has no memory preconditions; the pids are our
+        // children.
+        unsafe {
+            libc::kill(keeper, libc::SIGKILL);
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+
+        let owners: Vec<Option<u64>> = records
+            .iter()
+            .filter(|r| r.routing.event_type == "NEW_TCP4_CONNECTION")
+            .filter(|r| r.event["DESTINATION"]["PORT"] == port)
+            .map(|r| r.event["PROCESS_ID"].as_u64())
+            .collect();
+        let pid = u64::from(child.id());
+        assert_eq!(owners, vec![Some(pid), Some(pid)], "{records:#?}");
+        assert!(
+            stats
+                .host_owner_scans
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
     }
 }
