@@ -114,6 +114,9 @@ pub struct NetStats {
     pub netns_vanished: AtomicU64,
     /// Socket table reads that failed and were retried with another process.
     pub table_read_failed: AtomicU64,
+    /// Namespace passes that skipped the socket tables because the
+    /// namespace's counters showed no TCP or UDP socket.
+    pub namespaces_without_sockets: AtomicU64,
     pub table_lines_invalid: AtomicU64,
     /// Namespaces read through a sock_diag socket.
     pub diag_sockets: AtomicU64,
@@ -175,6 +178,10 @@ impl NetStats {
             ("netns_files_stale", load(&self.netns_files_stale)),
             ("netns_vanished", load(&self.netns_vanished)),
             ("table_read_failed", load(&self.table_read_failed)),
+            (
+                "namespaces_without_sockets",
+                load(&self.namespaces_without_sockets),
+            ),
             ("table_lines_invalid", load(&self.table_lines_invalid)),
             ("diag_sockets", load(&self.diag_sockets)),
             ("diag_open_failed", load(&self.diag_open_failed)),

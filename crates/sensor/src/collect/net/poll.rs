@@ -158,6 +158,7 @@ impl Poller {
 
     pub(crate) fn run(&mut self, sink: &Sink, stop: &AtomicBool) {
         let mut last_log = Instant::now();
+        let mut last_slow_warning: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             if last_log.elapsed() >= COUNTER_LOG_INTERVAL {
@@ -178,6 +179,17 @@ impl Poller {
                 }
             }
             let elapsed = started.elapsed();
+            let warned_lately =
+                last_slow_warning.is_some_and(|at| at.elapsed() < COUNTER_LOG_INTERVAL);
+            if elapsed > self.config.poll_interval * 2 && !warned_lately {
+                last_slow_warning = Some(Instant::now());
+                tracing::warn!(
+                    pass_ms = elapsed.as_millis() as u64,
+                    interval_ms = self.config.poll_interval.as_millis() as u64,
+                    namespaces = self.namespaces.len(),
+                    "network poll pass took longer than twice its interval; flows shorter than a pass are missed"
+                );
+            }
             let rest = self.config.poll_interval.saturating_sub(elapsed);
             sleep_unless_stopped(rest, stop);
         }
@@ -273,6 +285,10 @@ impl Poller {
     /// namespace's sockets. The last route is a thread that joined the
     /// namespace through its `NET_NS` file.
     fn read_namespace(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
+        if self.has_no_sockets(netns) {
+            NetStats::add(&self.stats.namespaces_without_sockets, 1);
+            return Some(Vec::new());
+        }
         if self.config.sock_diag {
             if let Some(entries) = self.read_with_diag(netns) {
                 return Some(entries);
@@ -307,6 +323,29 @@ impl Poller {
                 None
             }
         }
+    }
+
+    /// Returns true when the namespace's socket counters show no TCP or UDP
+    /// socket (TIME_WAIT ones aside, which are not reported). Each table
+    /// read walks the kernel's hash table, which is shared by all
+    /// namespaces, while the counters in `net/sockstat` are one small file.
+    /// So a host with thousands of idle namespaces (which an unprivileged
+    /// user can create) is still polled in time.
+    fn has_no_sockets(&self, netns: &discover::Netns) -> bool {
+        let Some(&pid) = netns.pids.first() else {
+            return false;
+        };
+        let pid_dir = self.proc_root.join(pid.to_string());
+        let read = |name: &str| std::fs::read_to_string(pid_dir.join("net").join(name));
+        let Ok(v4) = read("sockstat") else {
+            return false;
+        };
+        // Missing when IPv6 is disabled.
+        let v6 = read("sockstat6").unwrap_or_default();
+        let empty = sockstat_in_use(&v4, &["TCP:", "UDP:", "UDPLITE:"]) == Some(0)
+            && (v6.is_empty() || sockstat_in_use(&v6, &["TCP6:", "UDP6:", "UDPLITE6:"]) == Some(0));
+        // The pid may have left the namespace, or been reused, meanwhile.
+        empty && discover::namespace_inode(&pid_dir.join("ns/net")) == Some(netns.inode)
     }
 
     fn read_with_diag(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
@@ -697,6 +736,25 @@ fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
     let remote_ephemeral = EPHEMERAL_PORTS.contains(&entry.remote.port());
     // Only the remote port ephemeral: the remote side is the client.
     local_ephemeral || !remote_ephemeral
+}
+
+/// Returns the sum of the `inuse` counts of the `protocols` lines (such as
+/// `TCP: inuse 3 orphan 0 tw 0 alloc 5 mem 1`) of a `sockstat` file; `None`
+/// when one of them is missing or unreadable.
+fn sockstat_in_use(text: &str, protocols: &[&str]) -> Option<u64> {
+    let mut total = 0;
+    for protocol in protocols {
+        let line = text.lines().find(|line| line.starts_with(protocol))?;
+        let mut words = line.split_whitespace().skip(1);
+        let count = loop {
+            match words.next()? {
+                "inuse" => break words.next()?.parse::<u64>().ok()?,
+                _ => continue,
+            }
+        };
+        total += count;
+    }
+    Some(total)
 }
 
 /// Opens a sock_diag socket inside `netns`, entering it through its `NET_NS`
@@ -1090,5 +1148,72 @@ time.sleep(30)
                 .load(std::sync::atomic::Ordering::Relaxed)
                 >= 1
         );
+    }
+
+    #[test]
+    fn sockstat_in_use_sums_protocols() {
+        let v4 = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 7 alloc 5 mem 1\nUDP: inuse 2 mem 0\nUDPLITE: inuse 0\nRAW: inuse 1\n";
+        assert_eq!(sockstat_in_use(v4, &["TCP:", "UDP:", "UDPLITE:"]), Some(5));
+        assert_eq!(sockstat_in_use(v4, &["UDPLITE:"]), Some(0));
+        assert_eq!(sockstat_in_use(v4, &["TCP6:"]), None, "missing line");
+        assert_eq!(
+            sockstat_in_use("TCP: orphan 0\n", &["TCP:"]),
+            None,
+            "no inuse"
+        );
+    }
+
+    /// A namespace with no socket skips the table reads; one with a
+    /// socket does not.
+    #[test]
+    fn empty_namespace_skips_tables() {
+        use std::os::unix::fs::MetadataExt;
+
+        let mut keeper = std::process::Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .spawn()
+            .expect("unshare runs");
+        let keeper_pid = keeper.id();
+        let path = format!("/proc/{keeper_pid}/ns/net");
+        let host_inode = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let empty_inode = loop {
+            let inode = std::fs::metadata(&path).unwrap().ino();
+            if inode != host_inode {
+                break inode;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unshare did not enter a namespace"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let poller = Poller::new(
+            NetConfig::default(),
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            Arc::new(NetStats::default()),
+            None,
+            None,
+        );
+        let _socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+
+        let empty = discover::Netns {
+            inode: empty_inode,
+            pids: vec![keeper_pid],
+            file: None,
+        };
+        let host = discover::Netns {
+            inode: host_inode,
+            pids: vec![std::process::id()],
+            file: None,
+        };
+        let (empty_skipped, host_skipped) =
+            (poller.has_no_sockets(&empty), poller.has_no_sockets(&host));
+        let _ = keeper.kill();
+        let _ = keeper.wait();
+        assert!(empty_skipped);
+        assert!(!host_skipped);
     }
 }
