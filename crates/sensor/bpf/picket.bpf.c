@@ -1275,9 +1275,9 @@ static __always_inline void on_socket_io(struct sock *sk, int ret, int sending)
 	/* TODO: a receive that returns no address (recv(2), read(2),
 	 * io_uring) leaves the peer unknown, and nothing is reported. The
 	 * datagram's headers would give it, but udp_recvmsg copies a linear
-	 * datagram without the skb_copy_datagram_iovec tracepoint, and an
-	 * fentry program on skb_consume_udp is refused (EPERM) on kernels
-	 * without BPF trampolines, such as the 6.18 test machine. */
+	 * datagram without the skb_copy_datagram_iovec tracepoint, and the
+	 * 6.18 test machine refuses an fentry program on skb_consume_udp
+	 * (EPERM), as it has no kprobes either. */
 	if (io && !sending) {
 		/* The peer address reaches user memory only after this point. */
 		io->sk = (u64)sk;
