@@ -78,6 +78,9 @@ pub fn snapshot(
 }
 
 fn read_namespace(proc_root: &Path, netns: &discover::Netns) -> Option<Vec<procfs::SocketEntry>> {
+    if crate::collect::net::poll::namespace_without_sockets(proc_root, netns, true) {
+        return Some(Vec::new());
+    }
     for &pid in netns.pids.iter().take(4) {
         let pid_dir = proc_root.join(pid.to_string());
         if let Ok((entries, _)) = procfs::read_tables(&pid_dir.join("net")) {

@@ -325,27 +325,8 @@ impl Poller {
         }
     }
 
-    /// Returns true when the namespace's socket counters show no TCP or UDP
-    /// socket (TIME_WAIT ones aside, which are not reported). Each table
-    /// read walks the kernel's hash table, which is shared by all
-    /// namespaces, while the counters in `net/sockstat` are one small file.
-    /// So a host with thousands of idle namespaces (which an unprivileged
-    /// user can create) is still polled in time.
     fn has_no_sockets(&self, netns: &discover::Netns) -> bool {
-        let Some(&pid) = netns.pids.first() else {
-            return false;
-        };
-        let pid_dir = self.proc_root.join(pid.to_string());
-        let read = |name: &str| std::fs::read_to_string(pid_dir.join("net").join(name));
-        let Ok(v4) = read("sockstat") else {
-            return false;
-        };
-        // Missing when IPv6 is disabled.
-        let v6 = read("sockstat6").unwrap_or_default();
-        let empty = sockstat_in_use(&v4, &["TCP:", "UDP:", "UDPLITE:"]) == Some(0)
-            && (v6.is_empty() || sockstat_in_use(&v6, &["TCP6:", "UDP6:", "UDPLITE6:"]) == Some(0));
-        // The pid may have left the namespace, or been reused, meanwhile.
-        empty && discover::namespace_inode(&pid_dir.join("ns/net")) == Some(netns.inode)
+        namespace_without_sockets(&self.proc_root, netns, false)
     }
 
     fn read_with_diag(&mut self, netns: &discover::Netns) -> Option<Vec<SocketEntry>> {
@@ -738,23 +719,60 @@ fn tcp_outgoing(entry: &SocketEntry, listened: &HashSet<(Proto, u16)>) -> bool {
     local_ephemeral || !remote_ephemeral
 }
 
-/// Returns the sum of the `inuse` counts of the `protocols` lines (such as
-/// `TCP: inuse 3 orphan 0 tw 0 alloc 5 mem 1`) of a `sockstat` file; `None`
-/// when one of them is missing or unreadable.
-fn sockstat_in_use(text: &str, protocols: &[&str]) -> Option<u64> {
-    let mut total = 0;
-    for protocol in protocols {
-        let line = text.lines().find(|line| line.starts_with(protocol))?;
-        let mut words = line.split_whitespace().skip(1);
-        let count = loop {
-            match words.next()? {
-                "inuse" => break words.next()?.parse::<u64>().ok()?,
-                _ => continue,
-            }
-        };
-        total += count;
+/// Returns true when the counters of `netns` show no TCP or UDP socket
+/// (TIME_WAIT ones count only with `with_time_wait`). Each table read
+/// walks the kernel's socket hash table, which all namespaces share. The
+/// counters in `net/sockstat` are one small file, so checking them first
+/// keeps a host with thousands of idle namespaces (which an unprivileged
+/// user can create) fast to read. False when the counters cannot be read
+/// through one of the namespace's processes.
+pub(crate) fn namespace_without_sockets(
+    proc_root: &Path,
+    netns: &discover::Netns,
+    with_time_wait: bool,
+) -> bool {
+    let Some(&pid) = netns.pids.first() else {
+        return false;
+    };
+    let pid_dir = proc_root.join(pid.to_string());
+    let read = |name: &str| std::fs::read_to_string(pid_dir.join("net").join(name));
+    let Ok(v4) = read("sockstat") else {
+        return false;
+    };
+    // Missing when IPv6 is disabled.
+    let v6 = read("sockstat6").unwrap_or_default();
+    let mut counts = vec![
+        sockstat_field(&v4, "TCP:", "inuse"),
+        sockstat_field(&v4, "UDP:", "inuse"),
+        sockstat_field(&v4, "UDPLITE:", "inuse"),
+    ];
+    if with_time_wait {
+        counts.push(sockstat_field(&v4, "TCP:", "tw"));
     }
-    Some(total)
+    if !v6.is_empty() {
+        counts.extend([
+            sockstat_field(&v6, "TCP6:", "inuse"),
+            sockstat_field(&v6, "UDP6:", "inuse"),
+            sockstat_field(&v6, "UDPLITE6:", "inuse"),
+        ]);
+    }
+    let empty = counts.iter().all(|count| *count == Some(0));
+    // The pid may have left the namespace, or been reused, meanwhile.
+    empty && discover::namespace_inode(&pid_dir.join("ns/net")) == Some(netns.inode)
+}
+
+/// Returns the value after `field` on the `protocol` line (such as
+/// `TCP: inuse 3 orphan 0 tw 0 alloc 5 mem 1`) of a `sockstat` file; `None`
+/// when the line or field is missing or not a number.
+fn sockstat_field(text: &str, protocol: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.starts_with(protocol))?;
+    let mut words = line.split_whitespace().skip(1);
+    while let Some(word) = words.next() {
+        if word == field {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 /// Opens a sock_diag socket inside `netns`, entering it through its `NET_NS`
@@ -1074,8 +1092,8 @@ mod tests {
     }
 
     /// A process that opened its connection in a namespace and went back to
-    /// the host's (setns) still owns it; only a scan of every process finds
-    /// it, as the namespace's own process (a `sleep`) has no socket.
+    /// the host's (setns) still owns it. The namespace's own process (a
+    /// `sleep`) has no socket, so only a scan of every process finds it.
     #[test]
     fn owner_outside_namespace_found() {
         let script = r#"
@@ -1151,16 +1169,14 @@ time.sleep(30)
     }
 
     #[test]
-    fn sockstat_in_use_sums_protocols() {
-        let v4 = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 7 alloc 5 mem 1\nUDP: inuse 2 mem 0\nUDPLITE: inuse 0\nRAW: inuse 1\n";
-        assert_eq!(sockstat_in_use(v4, &["TCP:", "UDP:", "UDPLITE:"]), Some(5));
-        assert_eq!(sockstat_in_use(v4, &["UDPLITE:"]), Some(0));
-        assert_eq!(sockstat_in_use(v4, &["TCP6:"]), None, "missing line");
-        assert_eq!(
-            sockstat_in_use("TCP: orphan 0\n", &["TCP:"]),
-            None,
-            "no inuse"
-        );
+    fn sockstat_field_reads_counts() {
+        let v4 = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 7 alloc 5 mem 1\nUDP: inuse 2 mem 0\n";
+        assert_eq!(sockstat_field(v4, "TCP:", "inuse"), Some(3));
+        assert_eq!(sockstat_field(v4, "TCP:", "tw"), Some(7));
+        assert_eq!(sockstat_field(v4, "UDP:", "inuse"), Some(2));
+        assert_eq!(sockstat_field(v4, "TCP6:", "inuse"), None, "missing line");
+        assert_eq!(sockstat_field(v4, "UDP:", "tw"), None, "missing field");
+        assert_eq!(sockstat_field("TCP: inuse x\n", "TCP:", "inuse"), None);
     }
 
     /// A namespace with no socket skips the table reads; one with a
