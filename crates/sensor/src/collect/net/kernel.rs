@@ -748,19 +748,24 @@ mod tests {
         assert!(dns::parse_response(&dns_message(&udp)).is_err());
     }
 
+    /// Returns the context of a host process (pid 42) named `comm`.
+    fn host_process(comm: &str) -> ProcessContext {
+        ProcessContext {
+            pid: 42,
+            start_ticks: 777,
+            comm: comm.into(),
+            atom: "a".repeat(32),
+            container: None,
+        }
+    }
+
     /// A kernel report of a TCP open the poller already reported gives no
     /// second record.
     #[test]
     fn late_open_after_poll_gives_no_record() {
         let flows = KernelFlows::default();
         let stats = NetStats::default();
-        let process = ProcessContext {
-            pid: 42,
-            start_ticks: 777,
-            comm: "server".into(),
-            atom: "a".repeat(32),
-            container: None,
-        };
+        let process = host_process("server");
         let mut accept = connect_report();
         accept.action = KernelAction::TcpAccept;
         let key = FlowKey {
@@ -792,13 +797,7 @@ mod tests {
     fn reused_message_id_reported_per_response() {
         let flows = KernelFlows::default();
         let stats = NetStats::default();
-        let process = ProcessContext {
-            pid: 42,
-            start_ticks: 777,
-            comm: "client".into(),
-            atom: "a".repeat(32),
-            container: None,
-        };
+        let process = host_process("client");
         let response = |name: &str| {
             let query = dns::build::query(0x4242, name, dns::TYPE_A);
             let answer = dns::build::AnswerData::Address("10.1.2.3".parse().unwrap());

@@ -879,6 +879,26 @@ mod tests {
         }
     }
 
+    /// Returns a poller of this host's `/proc`, without containers, and its
+    /// counters.
+    fn test_poller(kernel: Option<Arc<KernelFlows>>) -> (Poller, Arc<NetStats>) {
+        let config = NetConfig {
+            hostname: "test-host".into(),
+            ..NetConfig::default()
+        };
+        let stats = Arc::new(NetStats::default());
+        let poller = Poller::new(
+            config,
+            PathBuf::from("/proc"),
+            None,
+            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
+            stats.clone(),
+            None,
+            kernel,
+        );
+        (poller, stats)
+    }
+
     /// Real loopback connections that the kernel reported open: the poller
     /// reports the close of the one whose close report never came, and
     /// nothing for the one the kernel closed.
@@ -888,19 +908,7 @@ mod tests {
 
         let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
         let flows = Arc::new(KernelFlows::default());
-        let config = NetConfig {
-            hostname: "test-host".into(),
-            ..NetConfig::default()
-        };
-        let mut poller = Poller::new(
-            config,
-            PathBuf::from("/proc"),
-            None,
-            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
-            Arc::new(NetStats::default()),
-            None,
-            Some(flows.clone()),
-        );
+        let (mut poller, _) = test_poller(Some(flows.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut pairs = Vec::new();
         for _ in 0..2 {
@@ -976,19 +984,7 @@ mod tests {
     /// the server's side is still incoming.
     #[test]
     fn dual_stack_listener_flow_is_incoming() {
-        let config = NetConfig {
-            hostname: "test-host".into(),
-            ..NetConfig::default()
-        };
-        let mut poller = Poller::new(
-            config,
-            PathBuf::from("/proc"),
-            None,
-            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
-            Arc::new(NetStats::default()),
-            None,
-            None,
-        );
+        let (mut poller, _) = test_poller(None);
         // Dual-stack as long as net.ipv6.bindv6only is 0, the default.
         let listener = std::net::TcpListener::bind("[::]:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1035,19 +1031,7 @@ mod tests {
 
         let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
         let flows = Arc::new(KernelFlows::default());
-        let config = NetConfig {
-            hostname: "test-host".into(),
-            ..NetConfig::default()
-        };
-        let mut poller = Poller::new(
-            config,
-            PathBuf::from("/proc"),
-            None,
-            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
-            Arc::new(NetStats::default()),
-            None,
-            Some(flows.clone()),
-        );
+        let (mut poller, _) = test_poller(Some(flows.clone()));
         poller.poll_once();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -1125,20 +1109,7 @@ time.sleep(30)
         let out: serde_json::Value = serde_json::from_str(&line).expect("child's ports");
         let port = out["port"].as_u64().unwrap();
         let keeper = out["keeper"].as_u64().unwrap() as i32;
-        let config = NetConfig {
-            hostname: "test-host".into(),
-            ..NetConfig::default()
-        };
-        let stats = Arc::new(NetStats::default());
-        let mut poller = Poller::new(
-            config,
-            PathBuf::from("/proc"),
-            None,
-            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
-            stats.clone(),
-            None,
-            None,
-        );
+        let (mut poller, stats) = test_poller(None);
 
         let mut records = Vec::new();
         for _ in 0..5 {
@@ -1204,15 +1175,7 @@ time.sleep(30)
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let poller = Poller::new(
-            NetConfig::default(),
-            PathBuf::from("/proc"),
-            None,
-            Attributor::new(Path::new("/"), Arc::new(super::super::NoContainers)),
-            Arc::new(NetStats::default()),
-            None,
-            None,
-        );
+        let (poller, _) = test_poller(None);
         let _socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 
         let empty = discover::Netns {
