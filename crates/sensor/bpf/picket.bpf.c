@@ -862,7 +862,7 @@ static __always_inline void kept_endpoints(struct net_event *ev, struct sock_own
 /* Arguments of a send or receive call, kept from sys_enter until sys_exit. */
 struct pending_io {
 	s32 nr;
-	/* What addr_arg points to: one of the ARG_* values below. */
+	/* Kind of user memory addr_arg points to, one of the ARG_* values below. */
 	u16 arg_kind;
 	/* Messages of a sendmmsg batch sent so far. */
 	u16 sent;
@@ -1129,7 +1129,7 @@ int handle_inet_sock_set_state(u64 *ctx)
 		return 0;
 	u32 action = 0;
 	/* A connecting socket that received a SYN instead of a SYN-ACK (a
-	 * simultaneous open, or a server answering with a bare SYN) passes
+	 * simultaneous open, or a server that replies with a bare SYN) passes
 	 * through SYN_RECV, and stays the connecting process's. */
 	int handshake_done = oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV;
 	if (newstate == TCP_ESTABLISHED && handshake_done && (owner->flags & OWNER_OUTGOING) &&
@@ -1341,7 +1341,7 @@ static __always_inline void net_sys_exit(s32 nr, long ret, u64 pid_tgid)
 }
 
 /* Size of a DNS header: a shorter read, such as the two-byte length
- * that DNS over TCP puts before each message, holds no response. */
+ * that DNS over TCP puts before each message, contains no response. */
 #define DNS_HEADER_LEN 12
 
 /*
