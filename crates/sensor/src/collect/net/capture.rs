@@ -838,7 +838,7 @@ mod tests {
     }
 
     /// In the eBPF tier, a response to a port that no process sent from
-    /// and no socket is bound to is dropped and counted; one to a bound
+    /// and no socket is bound to is dropped and counted. One to a bound
     /// socket is reported with the socket's process.
     #[test]
     fn unsolicited_response_dropped_with_ebpf() {
